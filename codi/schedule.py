@@ -29,10 +29,16 @@ def alphas_cumprod(config: ScheduleConfig) -> torch.Tensor:
 def ddim_timesteps(steps: int, num_train_timesteps: int = 1000) -> torch.Tensor:
     """The release's DDIM timesteps, ascending: ``range(0, T, T // steps) + 1``.
 
-    Note the ``+ 1`` (so the last step is taken at t = 1, not 0) and that for
-    ``steps`` not dividing T the count can exceed ``steps`` (T=1000, steps=3
-    gives 4 timesteps); both are kept for parity.
+    Note the ``+ 1`` (so the final step is taken at t = 1, not 0) and that for
+    ``steps`` not dividing T the count can exceed ``steps`` (T=1000, steps=7
+    gives 8 timesteps); both are kept for parity. Step counts for which the
+    rule reaches t = T (the release then fails with an index error, e.g.
+    steps=3) are refused here with a clear message.
     """
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps must be in [1, {num_train_timesteps}], got {steps}")
-    return torch.arange(0, num_train_timesteps, num_train_timesteps // steps) + 1
+    timesteps = torch.arange(0, num_train_timesteps, num_train_timesteps // steps) + 1
+    if timesteps[-1] >= num_train_timesteps:
+        raise ValueError(f"steps={steps} is not usable with the release's DDIM timestep rule (it reaches "
+                         f"t={int(timesteps[-1])} of {num_train_timesteps}); choose another step count")
+    return timesteps
