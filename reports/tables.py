@@ -29,7 +29,7 @@ from reports.load import Metric, ReportError, Results, atomic_write_text, load_r
 
 METRIC_LABELS = {
     "fid": "FID", "kid": "KID", "clip_score": "CLIP score", "clipsim": "CLIPSIM", "fad": "FAD", "fd": "FD",
-    "is": "IS", "cider": "CIDEr", "bleu4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L",
+    "is": "IS", "bleu4": "BLEU-4", "meteor": "METEOR", "rouge_l": "ROUGE-L", "cider": "CIDEr",
     "spice": "SPICE", "spider": "SPIDEr",
 }
 METRIC_ORDER = list(METRIC_LABELS)  # columns follow this order, then sim_* and unknown names alphabetically
@@ -181,7 +181,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "↑": r"$\uparrow$", "↓": r"$\downarrow$", "±": r"$\pm$", "†": r"$^\dagger$",
-                  "→": r"$\rightarrow$"}
+                  "→": r"$\rightarrow$", "×": r"$\times$"}
 
 
 def latex_escape(text: str) -> str:
@@ -217,7 +217,7 @@ def render(results_list: list[Results], fmt: str) -> str:
         if fmt == "md":
             parts.append(f"### {task}\n\n" + markdown_table(frame) + "".join(f"\n{n}\n" for n in notes))
         else:
-            caption = task + ("" if not notes else ". " + " ".join(notes))
+            caption = " ".join(n if n.endswith(".") else n + "." for n in [task] + notes)
             parts.append(latex_table(frame, caption=caption))
     return "\n".join(parts)
 
