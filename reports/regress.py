@@ -39,7 +39,9 @@ quantity), 2 on bad or mismatched input.
 
 CI recipe (checking a new checkpoint against the blessed baseline)::
 
-    python -m metrics.run --task text2image --checkpoint "$CKPT" --out runs/candidate/text2image.json
+    # 1. score the candidate checkpoint with the baseline's task settings (python -m metrics.run
+    #    --task ...) and collect its results JSON files, one per task, in runs/candidate/
+    # 2. gate it against the blessed baseline
     python -m reports.regress --baseline reports/baselines/main --candidate runs/candidate \\
         --config reports/baselines/tolerances.yaml --out runs/candidate/regress.md
 
