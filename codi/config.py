@@ -53,6 +53,7 @@ class UNetConfig:
     env_tokens: tuple[int, ...] = ()  # vector UNet: pseudo-tokens per environment-encoder level
     temporal_heads: int = 8
     temporal_head_divisor: int = 4  # temporal attention head width = channels // this
+    norm_groups: int = 32  # GroupNorm groups; the release always uses 32
 
     def __post_init__(self) -> None:
         if self.kind not in ("spatial", "vector"):
@@ -71,6 +72,9 @@ class UNetConfig:
         for mult in self.channel_mult + self.env_channel_mult:
             if (mult * self.model_channels) % self.num_heads:
                 raise ValueError("every level's channel count must be divisible by num_heads")
+            if (mult * self.model_channels) % self.norm_groups or (self.model_channels // 2) % self.norm_groups:
+                raise ValueError(f"channel counts (and model_channels // 2) must be divisible by "
+                                 f"norm_groups={self.norm_groups}")
 
     @property
     def time_embed_dim(self) -> int:
@@ -222,7 +226,22 @@ def _tiny() -> DiffusionConfig:
     })
 
 
-PRESETS: dict[str, Any] = {"official": _official, "tiny": _tiny}
+def _nano() -> DiffusionConfig:
+    """CoDi-nano, the embedded default trained by ``python -m codi.train`` (32 px, 8 frames, 1.28 s, 32-d text)."""
+    common = dict(
+        channel_mult=(1, 2), num_res_blocks=(1, 1), attention_levels=(True, True), connector_levels=(True, False),
+        env_channel_mult=(1, 2), env_res_blocks=(1, 1), env_channels=64, num_heads=4, context_dim=64,
+        temporal_heads=4, norm_groups=8,
+    )
+    return DiffusionConfig(unets={
+        "image": UNetConfig(kind="spatial", in_channels=4, model_channels=32, out_channels=4, video=True, **common),
+        "text": UNetConfig(kind="vector", in_channels=32, model_channels=32, out_channels=32,
+                           tokens=(4, 4), env_tokens=(4, 4), **common),
+        "audio": UNetConfig(kind="spatial", in_channels=8, model_channels=32, out_channels=8, **common),
+    })
+
+
+PRESETS: dict[str, Any] = {"official": _official, "tiny": _tiny, "nano": _nano}
 """Preset name -> factory of a :class:`DiffusionConfig`."""
 
 

@@ -47,8 +47,9 @@ RESBLOCK_RELEASE_NAMES = {
 }
 
 
-def group_norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=eps)
+def group_norm(channels: int, eps: float = 1e-5, groups: int = 32) -> nn.GroupNorm:
+    """The release's normalisation: 32 groups (``groups`` differs only in the small nano preset)."""
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 class TimestepMLP(nn.Module):
@@ -72,13 +73,13 @@ class ResBlock(nn.Module):
     ``x [N, C_in, H, W]``, ``emb [N, E]`` -> ``[N, C_out, H, W]``.
     """
 
-    def __init__(self, in_channels: int, emb_channels: int, out_channels: int | None = None):
+    def __init__(self, in_channels: int, emb_channels: int, out_channels: int | None = None, groups: int = 32):
         super().__init__()
         out_channels = out_channels or in_channels
-        self.norm_in = group_norm(in_channels)
+        self.norm_in = group_norm(in_channels, groups=groups)
         self.conv_in = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.emb_proj = nn.Linear(emb_channels, out_channels)
-        self.norm_out = group_norm(out_channels)
+        self.norm_out = group_norm(out_channels, groups=groups)
         self.conv_out = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if out_channels != in_channels else nn.Identity()
         self.release_names = RESBLOCK_RELEASE_NAMES
@@ -98,15 +99,16 @@ class VectorResBlock(nn.Module):
     layers over every pseudo-token at once; the result is viewed as ``[N, C_out, S_out, 1]``.
     """
 
-    def __init__(self, in_shape: tuple[int, int], emb_channels: int, out_shape: tuple[int, int] | None = None):
+    def __init__(self, in_shape: tuple[int, int], emb_channels: int, out_shape: tuple[int, int] | None = None,
+                 groups: int = 32):
         super().__init__()
         out_shape = out_shape or in_shape
         self.out_shape = out_shape
         in_features, out_features = in_shape[0] * in_shape[1], out_shape[0] * out_shape[1]
-        self.norm_in = group_norm(in_features)
+        self.norm_in = group_norm(in_features, groups=groups)
         self.conv_in = nn.Conv2d(in_features, out_features, 1)
         self.emb_proj = nn.Linear(emb_channels, out_features)
-        self.norm_out = group_norm(out_features)
+        self.norm_out = group_norm(out_features, groups=groups)
         self.conv_out = nn.Conv2d(out_features, out_features, 1)
         self.skip = nn.Conv2d(in_features, out_features, 1) if out_features != in_features else nn.Identity()
         self.release_names = RESBLOCK_RELEASE_NAMES
@@ -205,10 +207,10 @@ class SpatialTransformer(nn.Module):
     ``x [N, C, H, W]``, ``context [N, M, C_ctx]`` -> ``[N, C, H, W]``.
     """
 
-    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int):
+    def __init__(self, channels: int, heads: int, head_dim: int, context_dim: int, groups: int = 32):
         super().__init__()
         inner = heads * head_dim
-        self.norm = group_norm(channels, eps=1e-6)
+        self.norm = group_norm(channels, eps=1e-6, groups=groups)
         self.proj_in = nn.Conv2d(channels, inner, 1)
         self.block = TransformerBlock(inner, heads, head_dim, context_dim)
         self.proj_out = nn.Conv2d(inner, channels, 1)

@@ -249,3 +249,13 @@ def test_pickled_code_is_never_executed(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="refusing to load"):
         CoDiDiffusion.from_release_files(diffusion_preset("tiny"), str(tmp_path), outputs=["text"])
     assert not marker.exists()
+
+
+def test_nano_preset_is_small_and_validates_norm_groups() -> None:
+    model = CoDiDiffusion(diffusion_preset("nano"))
+    assert sum(p.numel() for p in model.parameters()) < 6_000_000
+    assert model.unets["image"].input_blocks[1].res.norm_in.num_groups == 8
+    with pytest.raises(ValueError, match="norm_groups"):
+        UNetConfig(kind="spatial", in_channels=4, model_channels=32, out_channels=4, channel_mult=(1,),
+                   num_res_blocks=(1,), attention_levels=(True,), connector_levels=(False,),
+                   env_channel_mult=(1,), env_res_blocks=(1,), num_heads=4)  # 32 // 2 = 16 < 32 groups

@@ -132,9 +132,9 @@ class FrameShiftBlock(nn.Module):
 
     GROUPS = 8
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, groups: int = 32):
         super().__init__()
-        self.norm = group_norm(dim)
+        self.norm = group_norm(dim, groups=groups)
         self.conv = nn.Conv2d(dim, dim, 3, padding=1)
         self.release_names = {"norm": "out_layers.0", "conv": "out_layers.2"}
 
@@ -149,12 +149,12 @@ class FrameShiftBlock(nn.Module):
 class TemporalBlock(nn.Module):
     """Temporal attention, temporal feed-forward and frame shift on ``x [(B*F), C, H, W]``."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int):
+    def __init__(self, dim: int, heads: int, head_dim: int, groups: int = 32):
         super().__init__()
         self.attn = TemporalAttention(dim, heads, head_dim)
         self.position_bias = ContinuousPositionBias(dim // 2, heads)
         self.ff = TemporalFeedForward(dim)
-        self.frame_shift = FrameShiftBlock(dim)
+        self.frame_shift = FrameShiftBlock(dim, groups)
         self.release_names = {
             "attn": "temporal_attn", "position_bias": "temporal_rel_pos_bias", "frame_shift": "frameshiftblock",
         }

@@ -90,9 +90,9 @@ class MiddleBlock(nn.Module):
 class Head(nn.Module):
     """GroupNorm-SiLU-projection (release ``out`` and the environment encoder's last layer)."""
 
-    def __init__(self, channels: int, proj: nn.Module):
+    def __init__(self, channels: int, proj: nn.Module, groups: int = 32):
         super().__init__()
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, groups=groups)
         self.proj = proj
         self.release_names = {"norm": "0", "proj": "2"}
 
@@ -174,7 +174,7 @@ class UNet(nn.Module):
         self.output_blocks = nn.ModuleList(output_blocks)
         self.output_connectors = _connector_list(output_connectors)
 
-        self.out = Head(features[0], self._out_proj(features))
+        self.out = Head(features[0], self._out_proj(features), config.norm_groups)
         self.release_names = {
             "env_encoder": "connecters_out", "input_connectors": "input_block_connecters_in",
             "output_connectors": "output_block_connecters_in", "middle": "middle_block",
@@ -188,19 +188,22 @@ class UNet(nn.Module):
 
     def _res(self, features: Features, out: Features) -> nn.Module:
         emb = self.config.time_embed_dim
+        groups = self.config.norm_groups
         if self.vector:
-            return VectorResBlock(features, emb, out)
-        return ResBlock(features[0], emb, out[0])
+            return VectorResBlock(features, emb, out, groups)
+        return ResBlock(features[0], emb, out[0], groups)
 
     def _temporal(self, features: Features) -> nn.Module | None:
         if not self.config.video:
             return None
         c = features[0]
-        return TemporalBlock(c, self.config.temporal_heads, c // self.config.temporal_head_divisor)
+        return TemporalBlock(c, self.config.temporal_heads, c // self.config.temporal_head_divisor,
+                             self.config.norm_groups)
 
     def _transformer(self, features: Features, context_dim: int) -> SpatialTransformer:
         c = features[0]
-        return SpatialTransformer(c, self.config.num_heads, c // self.config.num_heads, context_dim)
+        return SpatialTransformer(c, self.config.num_heads, c // self.config.num_heads, context_dim,
+                                  self.config.norm_groups)
 
     def _attn(self, features: Features, context_dim: int, level: int) -> nn.Module | None:
         return self._transformer(features, context_dim) if self.config.attention_levels[level] else None
@@ -240,7 +243,7 @@ class UNet(nn.Module):
             proj = MultiDimLinear(features + (1,), (config.env_channels, 1, 1))
         else:
             proj = nn.Conv2d(features[0], config.env_channels, 3, padding=1)
-        return EnvironmentEncoder(blocks, Head(features[0], proj))
+        return EnvironmentEncoder(blocks, Head(features[0], proj, config.norm_groups))
 
     # ------------------------------------------------------------------ forward
     def _prepare(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int | None]:
