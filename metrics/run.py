@@ -1,0 +1,185 @@
+"""Evaluate a generator on a paper task: generate (or read) samples, score them, write results JSON.
+
+    python -m metrics.run --task text2video+audio --checkpoint ckpt/ --data-root data/ --num-samples 100
+    python -m metrics.run --task text2image --samples-dir other_model/ --data-root data/   # score files only
+
+Samples go to ``<output>/<settings>/<mode>/<id>.{png,wav,mp4,txt}`` where
+``<settings>`` encodes everything that changes them (task and version,
+generator, checkpoint hash prefix, sampler, steps, guidance, seed); results to
+``<output>/<settings>/results.json`` (schema codi-results/1), and a table is
+printed. Weights for the metrics are looked up locally only
+(``python -m metrics.weights`` lists them); the data root is ``--data-root`` or
+``$CODI_DATA_ROOT``.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from metrics.build import Context
+from metrics.data import DatasetError, data_root, ids_digest, load_records
+from metrics.evaluate import Settings, as_dicts, evaluate, reference_modalities
+from metrics.features.local import MissingWeightsError
+from metrics.registry import EMBEDDERS, GENERATORS
+from metrics.results import build_results, checkpoint_hashes, write_results
+from metrics.task import TaskError, available_tasks, load_task
+
+DEFAULT_GENERATOR = "codi"
+"""The generator used when --generator is not given (to become the embedded "codi-nano" model)."""
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+MODE_CHOICES = {"both": ("joint", "independent"), "joint": ("joint",), "independent": ("independent",)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m metrics.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, help="task name or YAML path (" + ", ".join(available_tasks()) + ")")
+    p.add_argument("--generator", default=DEFAULT_GENERATOR, help=f"registered generator (default {DEFAULT_GENERATOR})")
+    p.add_argument("--checkpoint", help="checkpoint folder or file of the generator")
+    p.add_argument("--data-root", help="dataset root (default $CODI_DATA_ROOT)")
+    p.add_argument("--manifest", help="JSONL manifest replacing the task's dataset (a custom prompt set)")
+    p.add_argument("--num-samples", type=int, help="number of samples (default: the task's)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--mode", choices=sorted(MODE_CHOICES), default="both",
+                   help="for multi-output tasks: joint, independent or both")
+    p.add_argument("--sampler", help="override the task's sampler (ddim, dpmsolver++)")
+    p.add_argument("--steps", type=int, help="override the task's number of sampling steps")
+    p.add_argument("--guidance-scale", type=float, help="override the task's guidance scale")
+    p.add_argument("--output", default="runs", help="output folder (default runs/)")
+    p.add_argument("--samples-dir", help="score the samples in this folder instead of generating")
+    p.add_argument("--no-save", action="store_true", help="do not save generated samples")
+    p.add_argument("--cache-dir", help="reference statistics / embedding cache (default <output>/cache)")
+    p.add_argument("--weights-dir", help="folder with inception-2015-12-05.pt etc. (default $CODI_EVAL_WEIGHTS)")
+    p.add_argument("--clip-model", help="CLIP directory or cached hub id for CLIPScore/CLIPSIM/evaluator SIM")
+    p.add_argument("--clap-model", help="CLAP directory or cached hub id for the evaluator SIM")
+    p.add_argument("--fad-model", choices=("vggish", "pann"), default="vggish")
+    p.add_argument("--sim-embedder", default="codi", help="SIM encoders: codi (default) or evaluator")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+\-]", "_", text)
+
+
+def settings_name(task, generator: str, ckpt_hashes: dict[str, str], sampler: str, steps: int, guidance: float,
+                  seed: int) -> str:
+    """Folder name encoding every setting that changes the samples."""
+    digest = "none"
+    if ckpt_hashes:
+        import hashlib
+
+        digest = hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(ckpt_hashes.items())).encode()).hexdigest()[:10]
+    return _slug(f"{task.name}-v{task.version}-{generator}-{digest}-{sampler}-s{steps}-g{guidance:g}-seed{seed}")
+
+
+def _print_table(doc: dict, path: Path) -> None:
+    try:
+        from reports.load import parse_results
+        from reports.tables import render
+
+        print(render([parse_results(doc, str(path))], "md"))
+    except Exception:  # noqa: BLE001 (the table is a convenience; the JSON is the result)
+        for mode, entries in doc["metrics"].items():
+            for name, m in entries.items():
+                err = f" ± {m['stderr']:.4g}" if m.get("stderr") is not None else ""
+                value = "n/a" if m["value"] is None else f"{m['value']:.4g}"
+                print(f"{mode:12s} {name:24s} {value}{err}" + ("" if m["reliable"] else f"  ({m['note']})"))
+
+
+def run(args: argparse.Namespace) -> Path:
+    task = load_task(args.task)
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    sampler = args.sampler or task.sampler.name
+    steps = args.steps or task.sampler.steps
+    guidance = task.sampler.guidance_scale if args.guidance_scale is None else args.guidance_scale
+    modes = task.modes if task.modes == ("default",) else MODE_CHOICES[args.mode]
+    output = Path(args.output)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else output / "cache"
+
+    # dataset
+    kind, split, options = task.dataset.kind, task.dataset.split, dict(task.dataset.options)
+    if args.manifest:
+        manifest = Path(args.manifest).resolve()
+        kind, split, options = "jsonl", None, {**{k: v for k, v in options.items() if k != "path"},
+                                               "path": str(manifest)}
+        root = manifest.parent if not (args.data_root or __import__("os").environ.get("CODI_DATA_ROOT")) \
+            else data_root(args.data_root)
+    else:
+        root = data_root(args.data_root)
+    wanted = args.num_samples or task.dataset.num_samples
+    needs = set(task.inputs) | set(reference_modalities(task))
+    records, available = load_records(kind, root, split, options, wanted, needs)
+    if len(records) < wanted:
+        print(f"warning: {task.name}: only {len(records)} of the {wanted} requested samples are available",
+              file=sys.stderr)
+
+    # generator or existing samples
+    dtype = DTYPES[args.dtype]
+    generator, hashes, samples_from, checkpoint = None, {}, None, args.checkpoint
+    if args.samples_dir:
+        samples_from = Path(args.samples_dir)
+        if not samples_from.is_dir():
+            raise FileNotFoundError(f"--samples-dir {samples_from} is not a folder")
+        gen_name = "samples:" + samples_from.resolve().name
+        run_dir = output / _slug(f"{task.name}-v{task.version}-scored-{samples_from.resolve().name}")
+    else:
+        gen_name = args.generator
+        build = GENERATORS.get(args.generator)
+        hashes = checkpoint_hashes(checkpoint, cache_dir)
+        generator = build(checkpoint=checkpoint, device=args.device, dtype=dtype, outputs=list(task.outputs))
+        run_dir = output / settings_name(task, args.generator, hashes, sampler, steps, guidance, args.seed)
+    if args.sim_embedder not in EMBEDDERS:
+        EMBEDDERS.get(args.sim_embedder)  # raises with the valid names
+
+    ctx = Context(device=args.device, dtype=dtype, clip_model=args.clip_model, clap_model=args.clap_model,
+                  weights_root=args.weights_dir, fad_model=args.fad_model, sim_embedder=args.sim_embedder,
+                  checkpoint=checkpoint, cache_dir=str(cache_dir), batch_size=args.batch_size,
+                  reference_id=dict(dataset=f"{task.dataset.name}-{kind}", split=str(split), num=len(records),
+                                    ids_digest=ids_digest([r.id for r in records])))
+    settings = Settings(sampler=sampler, steps=steps, guidance_scale=guidance, seed=args.seed,
+                        batch_size=args.batch_size, modes=modes, save_samples=not args.no_save,
+                        progress=not args.no_progress)
+    scores = evaluate(task, records, settings, ctx, generator=generator, sample_dir=run_dir,
+                      samples_from=samples_from, dataset_options=options)
+    doc = build_results(
+        task=task.name, task_version=task.version, task_config=task.raw, generator=gen_name,
+        checkpoint=checkpoint, checkpoint_sha256=hashes,
+        settings={"sampler": sampler, "steps": steps, "guidance_scale": guidance, "seed": args.seed,
+                  "num_samples": len(records), "batch_size": args.batch_size, "device": args.device,
+                  "dtype": args.dtype, "modes": list(modes), "seeds": f"sample i uses seed {args.seed} + i",
+                  "requested_samples": wanted, "available_samples": available,
+                  "dataset": {"kind": kind, "split": split, "root": str(root)},
+                  "samples_dir": str(samples_from if samples_from else run_dir),
+                  "sim_embedder": args.sim_embedder, "fad_model": args.fad_model},
+        metrics=as_dicts(scores))
+    path = write_results(doc, run_dir / "results.json")
+    _print_table(doc, path)
+    print(f"results: {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (TaskError, DatasetError, MissingWeightsError, KeyError, ValueError, FileNotFoundError,
+            RuntimeError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
