@@ -160,6 +160,10 @@ def render_markdown(doc: dict, source: str = "<benchmark>") -> str:
                   "> 1 means joint is faster. Ratios of FLOPs and peak memory are joint ÷ independent. "
                   "Peak memory is the CUDA peak allocation on a GPU and the process's peak resident set on CPU.",
                   "", markdown_table(shown).rstrip("\n")]
+        if (records["device"] == "cpu").any():
+            parts += ["", "On CPU the peak is the process's lifetime resident-set high-water mark "
+                      "(ru_maxrss): it only grows during a session, so CPU memory ratios between "
+                      "benchmarks of one run are not a measurement of either mode."]
     others = records[~records["mode"].isin(["joint", "independent"])] if len(records) else records
     if len(others):
         shown = pd.DataFrame({
