@@ -152,3 +152,14 @@ def test_options_select_and_validate(scratch):
     assert proc.returncode == 4 and "--batch-sizes '1,x': expected comma-separated positive integers" in proc.stderr
     proc = run_pytest(scratch, "--benchmark", "--dtype", "int8")
     assert proc.returncode == 4 and "invalid choice: 'int8'" in proc.stderr
+
+
+def test_explicit_benchmark_json_path_is_used(scratch):
+    out, custom = scratch / "out", scratch / "elsewhere" / "b.json"
+    custom.parent.mkdir()
+    proc = run_pytest(scratch, "--benchmark", "--batch-sizes", "1", "--benchmark-json", str(custom),
+                      "--bench-report-dir", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(json.loads(custom.read_text())["benchmarks"]) == 2
+    assert not (out / "benchmark.json").exists()
+    assert f"Source: `{custom}`" in (out / "joint_vs_independent.md").read_text()
