@@ -33,6 +33,8 @@ gate (``--allow-missing`` to accept); one only in the candidate is **new**.
 Results whose task version, task config or sampling settings (sampler, steps,
 guidance scale, seed, number of samples) differ are refused as not comparable,
 unless ``--allow-settings-mismatch``. The metric directions must agree.
+Benchmarks recorded on different machines (CPU model, GPUs, Python) are
+compared but draw a warning: their timings say little about each other.
 
 Exit status: 0 when nothing regressed, 1 on a regression (or a missing
 quantity), 2 on bad or mismatched input.
@@ -191,6 +193,14 @@ def benchmark_quantities(doc: dict, source: str) -> dict[str, Quantity]:
     return out
 
 
+def machine_signature(doc: dict) -> dict:
+    """What makes timings comparable: CPU model, machine, Python; plus GPU names when recorded."""
+    info = doc.get("machine_info") or {}
+    cpu = info.get("cpu") if isinstance(info.get("cpu"), dict) else {}
+    return {"cpu": cpu.get("brand_raw"), "machine": info.get("machine"),
+            "python": info.get("python_version"), "gpus": info.get("gpus")}
+
+
 def collect(path: str | Path) -> tuple[dict[str, Quantity], dict[str, dict]]:
     """All quantities of a JSON file or of every ``*.json`` in a folder; duplicate keys raise."""
     path = Path(path)
@@ -211,6 +221,7 @@ def collect(path: str | Path) -> tuple[dict[str, Quantity], dict[str, dict]]:
             signatures.update(sig)
         else:
             found = benchmark_quantities(doc, str(f))
+            signatures["bench:machine"] = machine_signature(doc)
         for key, q in found.items():
             if key in quantities:
                 raise ReportError(f"{key} appears in both {quantities[key].source} and {q.source}")
@@ -221,7 +232,7 @@ def collect(path: str | Path) -> tuple[dict[str, Quantity], dict[str, dict]]:
 def check_comparable(base_sigs: dict[str, dict], cand_sigs: dict[str, dict]) -> None:
     """Refuse results of the same task whose task config or number-changing settings differ."""
     problems = []
-    for task in sorted(set(base_sigs) & set(cand_sigs)):
+    for task in sorted(set(base_sigs) & set(cand_sigs) - {"bench:machine"}):
         for field, b in base_sigs[task].items():
             c = cand_sigs[task].get(field)
             if json.dumps(b, sort_keys=True) != json.dumps(c, sort_keys=True):
@@ -303,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
         candidate, cand_sigs = collect(args.candidate)
         if not args.allow_settings_mismatch:
             check_comparable(base_sigs, cand_sigs)
+        machines = base_sigs.get("bench:machine"), cand_sigs.get("bench:machine")
+        if None not in machines and machines[0] != machines[1]:
+            print(f"warning: the benchmarks ran on different machines ({machines[0]} vs {machines[1]}); "
+                  "timings are not comparable", file=sys.stderr)
         if not set(baseline) & set(candidate):
             raise ReportError(f"{args.baseline} and {args.candidate} share no quantity (different tasks or "
                               "benchmarks?); nothing to compare")

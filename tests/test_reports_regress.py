@@ -186,8 +186,13 @@ def test_benchmark_json_slower_fails_faster_passes(tmp_path, capsys):
     rc, out, _ = gate(capsys, "--baseline", base, "--candidate", fast, "--tolerance", "bench/*=10%")
     assert rc == 0
     assert status(out, f"{key}/mean_s") == "improved" and status(out, f"{key}/samples_per_s") == "improved"
-    rc, _, _ = gate(capsys, "--baseline", base, "--candidate", slow, "--tolerance", "bench/*=25%")
-    assert rc == 0
+    rc, _, err = gate(capsys, "--baseline", base, "--candidate", slow, "--tolerance", "bench/*=25%")
+    assert rc == 0 and "different machines" not in err
+    other = bench_doc()
+    other["machine_info"]["cpu"]["brand_raw"] = "Another CPU"
+    slow.write_text(json.dumps(other))
+    rc, _, err = gate(capsys, "--baseline", base, "--candidate", slow)
+    assert rc == 0 and "warning: the benchmarks ran on different machines" in err
 
 
 def test_compare_is_a_pure_function():
