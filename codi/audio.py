@@ -277,3 +277,31 @@ def fit_window(wave: torch.Tensor, length: int, *, crop: str = "center") -> torc
     else:
         raise ValueError(f"crop must be 'center' or 'start', got {crop!r}")
     return wave[:, start:start + length]
+
+
+def griffin_lim_from_log_mel(log_mel: torch.Tensor, *, mel_basis: torch.Tensor | None = None,
+                             config: MelConfig = AUDIOLDM_MEL, iterations: int = 32) -> torch.Tensor:
+    """AudioLDM log-mel ``[B, 1, frames, 64]`` -> waveform ``[B, hop * frames]`` without a trained vocoder.
+
+    The mel magnitudes are mapped back to a linear spectrogram with the
+    pseudo-inverse of the filter bank (clamped at 0), and the phase is
+    recovered by Griffin & Lim (1984) iterations from a zero phase. Used by
+    the nano preset, which ships no HiFi-GAN; quality is lower but pitch,
+    timbre and rhythm survive.
+    """
+    basis = mel_filterbank(config) if mel_basis is None else mel_basis
+    basis = basis.to(device=log_mel.device, dtype=torch.float32)
+    mel = torch.exp(log_mel[:, 0].float()).transpose(1, 2)  # [B, 64, frames]
+    magnitude = torch.linalg.pinv(basis) @ mel  # [B, 513, frames]
+    magnitude = magnitude.clamp(min=0.0)
+    frames = magnitude.shape[-1]
+    length = config.hop_length * frames
+    window = torch.hann_window(config.win_length, device=log_mel.device)
+    stft = dict(n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length, window=window)
+    spectrum = magnitude.to(torch.complex64)
+    wave = torch.istft(spectrum, length=length, **stft)
+    for _ in range(iterations):
+        rebuilt = torch.stft(wave, return_complex=True, **stft)[..., :frames]
+        spectrum = magnitude * torch.exp(1j * torch.angle(rebuilt))
+        wave = torch.istft(spectrum, length=length, **stft)
+    return wave.clamp(-1.0, 1.0)

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from codi.audio import AUDIO_SAMPLE_RATE, AUDIOLDM_MEL, audioldm_log_mel, mel_filterbank, prepare_waveform
+from codi.audio import (AUDIO_SAMPLE_RATE, AUDIOLDM_MEL, audioldm_log_mel, griffin_lim_from_log_mel, mel_filterbank,
+                        prepare_waveform)
 from codi.text_vae import TEXT_VAE_PRESETS, TextAutoencoder, TextVAEConfig, text_vae_preset
 
 __all__ = [
@@ -79,6 +80,8 @@ class KLConfig:
 IMAGE_VAE_PRESETS = {
     "official": lambda: KLConfig(),
     "tiny": lambda: KLConfig(block_out_channels=(8, 16, 16, 16), layers_per_block=1, norm_num_groups=4),
+    "nano": lambda: KLConfig(block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
+                             scale_factor=1.0),  # f4: 32 px -> 4 x 8 x 8; scale measured after training
 }
 
 
@@ -164,6 +167,7 @@ class AudioVAEConfig:
         leaky_relu_slope=0.1, normalize_before=False))
     clip_threshold: float = 100.0
     clip_value: float = 10.0
+    vocoder_kind: str = "hifigan"  # "hifigan" (the release) or "griffin_lim" (nano: no vocoder weights)
 
 
 AUDIO_VAE_PRESETS = {
@@ -172,6 +176,12 @@ AUDIO_VAE_PRESETS = {
         vae=KLConfig(in_channels=1, latent_channels=8, block_out_channels=(8, 16, 16), layers_per_block=1,
                      norm_num_groups=4, scale_factor=0.9228),
         vocoder=dict(AudioVAEConfig().vocoder, upsample_initial_channel=32)),
+    # CoDi-nano: f8 mel VAE (64 x 128 mel -> 8 x 16 x 8), Griffin-Lim instead of a vocoder; the scale
+    # factor is measured after training and stored with the shipped weights (codi.nano).
+    "nano": lambda: AudioVAEConfig(
+        vae=KLConfig(in_channels=1, latent_channels=8, block_out_channels=(16, 32, 64, 64), layers_per_block=1,
+                     norm_num_groups=8, scale_factor=1.0),
+        vocoder_kind="griffin_lim"),
 }
 
 
@@ -194,10 +204,14 @@ class AudioAutoencoder(nn.Module):
 
         self.config = config or AudioVAEConfig()
         self.vae = self.config.vae.build().eval().requires_grad_(False)
-        self.vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**self.config.vocoder)).eval().requires_grad_(False)
-        hop = math.prod(self.config.vocoder["upsample_rates"])
-        if hop != AUDIOLDM_MEL.hop_length:
-            raise ValueError(f"vocoder upsampling {hop} must equal the mel hop {AUDIOLDM_MEL.hop_length}")
+        if self.config.vocoder_kind not in ("hifigan", "griffin_lim"):
+            raise ValueError(f"vocoder_kind must be 'hifigan' or 'griffin_lim', got {self.config.vocoder_kind!r}")
+        self.vocoder = None
+        if self.config.vocoder_kind == "hifigan":
+            self.vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(**self.config.vocoder)).eval().requires_grad_(False)
+            hop = math.prod(self.config.vocoder["upsample_rates"])
+            if hop != AUDIOLDM_MEL.hop_length:
+                raise ValueError(f"vocoder upsampling {hop} must equal the mel hop {AUDIOLDM_MEL.hop_length}")
         self.register_buffer("mel_basis", mel_filterbank(AUDIOLDM_MEL).clone())
 
     @property
@@ -249,7 +263,9 @@ class AudioAutoencoder(nn.Module):
 
     @torch.no_grad()
     def vocode(self, mel: torch.Tensor) -> torch.Tensor:
-        """HiFi-GAN: log-mel ``[B, 1, frames, 64]`` -> waveform ``[B, 160 * frames]`` in [-1, 1]."""
+        """HiFi-GAN (or Griffin-Lim): log-mel ``[B, 1, frames, 64]`` -> waveform ``[B, 160 * frames]`` in [-1, 1]."""
+        if self.vocoder is None:
+            return griffin_lim_from_log_mel(mel, mel_basis=self.mel_basis)
         param = next(self.vocoder.parameters())
         wave = self.vocoder(mel[:, 0].to(param.device, param.dtype))  # SpeechT5HifiGan takes (B, frames, mels)
         # HiFi-GAN's transposed convolutions overshoot by a few samples; keep exactly hop * frames.

@@ -123,7 +123,8 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    # clone: tied weights (e.g. GPT-2's lm_head and wte) share storage, which safetensors refuses
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 

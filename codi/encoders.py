@@ -141,7 +141,17 @@ def _tiny() -> PromptEncoderConfig:
     )
 
 
-PROMPT_ENCODER_PRESETS = {"official": _official, "tiny": _tiny}
+def _nano() -> PromptEncoderConfig:
+    """CoDi-nano's towers: 32 px CLIP vision, 1.28 s CLAP (spec 128), shared 64-d space."""
+    tiny = _tiny()
+    return PromptEncoderConfig(
+        embed_dim=64, clip_text=tiny.clip_text, clip_vision=tiny.clip_vision, audio_seconds=1.28,
+        clap_audio=dict(tiny.clap_audio, spec_size=128, window_size=4, patch_embeds_hidden_size=16, hidden_size=128,
+                        num_attention_heads=[2, 2, 4, 4]),
+    )
+
+
+PROMPT_ENCODER_PRESETS = {"official": _official, "tiny": _tiny, "nano": _nano}
 
 
 def prompt_encoder_preset(name: str) -> PromptEncoderConfig:

@@ -265,7 +265,8 @@ def collapse_repeats(text: str) -> str:
     return " ".join(words)
 
 
-SMALL_OUTPUT_SIZES = {"tiny": dict(image_size=64, num_frames=4, audio_seconds=0.64)}
+SMALL_OUTPUT_SIZES = {"tiny": dict(image_size=64, num_frames=4, audio_seconds=0.64),
+                      "nano": dict(image_size=32, num_frames=8, audio_seconds=1.28)}
 
 
 def latent_size_of(preset: str) -> LatentSize:

@@ -65,6 +65,13 @@ TEXT_VAE_PRESETS = {
                   max_position_embeddings=512, type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu"),
         gpt2=dict(vocab_size=260, n_positions=64, n_embd=32, n_layer=2, n_head=4, layer_norm_epsilon=1e-5,
                   activation_function="gelu_new")),
+    # CoDi-nano: character-level tokenizers (codi.vocab), 32-d latent; scale measured after training.
+    "nano": lambda: TextVAEConfig(
+        latent_dim=32, scale_factor=1.0, max_length=48,
+        bert=dict(vocab_size=64, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                  max_position_embeddings=64, type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu"),
+        gpt2=dict(vocab_size=260, n_positions=64, n_embd=64, n_layer=2, n_head=4, layer_norm_epsilon=1e-5,
+                  activation_function="gelu_new")),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from codi.data.world import (ATTRIBUTES, PITCH_HZ, WorldDataset, caption, generator_for, parse_caption,
+from codi.data.world import (ATTRIBUTES, OCTAVE, PITCH_HZ, WorldDataset, caption, generator_for, parse_caption,
                              sample_attributes, world_sample)
 
 
@@ -19,7 +19,7 @@ def test_samples_are_deterministic_and_splits_differ() -> None:
 
 def test_values_follow_the_project_conventions() -> None:
     s = world_sample(3)
-    assert s.image.shape == (3, 32, 32) and s.video.shape == (8, 3, 32, 32) and s.audio.shape == (16000,)
+    assert s.image.shape == (3, 32, 32) and s.video.shape == (8, 3, 32, 32) and s.audio.shape == (20480,)
     assert torch.equal(s.image, s.video[0])
     assert 0 <= s.video.min() and s.video.max() <= 1 and s.audio.abs().max() <= 1
     assert parse_caption(s.text) == s.attributes
@@ -49,9 +49,10 @@ def test_motion_and_pitch_are_recoverable(index: int) -> None:
     dx, dy = float(cx[-1] - cx[0]), float(cy[-1] - cy[0])
     motion = ("right" if dx > 0 else "left") if abs(dx) > abs(dy) else ("down" if dy > 0 else "up")
     assert motion == s.attributes["motion"]
-    spectrum = torch.fft.rfft(s.audio).abs()
+    spectrum = torch.fft.rfft(s.audio[:16000]).abs()
     peak_hz = float(spectrum[20:].argmax() + 20)  # 1 s of audio: bin = Hz
-    assert abs(peak_hz - PITCH_HZ[s.attributes["colour"]]) < 0.05 * PITCH_HZ[s.attributes["colour"]]
+    pitch = PITCH_HZ[s.attributes["colour"]] * OCTAVE[s.attributes["size"]]
+    assert abs(peak_hz - pitch) < 0.05 * pitch
 
 
 def test_dataset_indexing() -> None:

@@ -8,10 +8,13 @@ caption that says it:
 
 | attribute | values | shows in |
 | --------- | ------ | -------- |
-| colour    | red, green, blue, yellow, purple, white | image/video colour; audio pitch |
+| colour    | red, green, blue, yellow, purple, white | image/video colour; audio pitch class |
 | shape     | circle, square, triangle, diamond       | image/video shape; audio timbre |
 | motion    | left, right, up, down                   | video motion; audio rhythm |
-| size      | small, large                            | image/video size; audio loudness |
+| size      | small, large                            | image/video size; audio octave (small: one up) |
+
+(Loudness would not survive: AudioLDM's mel front end normalises every
+clip's peak, so size moves the pitch an octave instead.)
 
 192 combinations; positions, speeds, phases and noise are random per
 sample, drawn from a generator seeded by ``(split, index)``, so the whole
@@ -44,7 +47,8 @@ TIMBRE = {  # relative amplitudes of harmonics 1..6
     "diamond": (1.0, 0.0, 0.11, 0.0, 0.04),
 }
 RHYTHM_HZ = {"left": 0.0, "right": 2.0, "up": 4.0, "down": 8.0}  # 0: steady tone, else pulses per second
-LOUDNESS = {"small": 0.35, "large": 0.7}
+OCTAVE = {"small": 2.0, "large": 1.0}
+AMPLITUDE = 0.6
 ATTRIBUTES = {"colour": tuple(COLOURS), "shape": SHAPES, "motion": tuple(MOTIONS), "size": tuple(SIZES)}
 SPLITS = ("train", "test")
 
@@ -56,7 +60,7 @@ class WorldConfig:
     image_size: int = 32
     num_frames: int = 8
     sample_rate: int = 16000
-    audio_seconds: float = 1.0
+    audio_seconds: float = 1.28
     noise: float = 0.02
 
 
@@ -134,10 +138,10 @@ def _shape_mask(shape: str, x: torch.Tensor, y: torch.Tensor, r: float, softness
 
 
 def render_audio(attributes: dict[str, str], config: WorldConfig, g: torch.Generator) -> torch.Tensor:
-    """``[T]``: a tone whose pitch is the colour, timbre the shape, rhythm the motion, loudness the size."""
+    """``[T]``: a tone whose pitch class is the colour, octave the size, timbre the shape, rhythm the motion."""
     n = int(config.sample_rate * config.audio_seconds)
     t = torch.arange(n, dtype=torch.float64) / config.sample_rate
-    f0 = PITCH_HZ[attributes["colour"]] * (1 + 0.01 * float(torch.randn((), generator=g)))
+    f0 = PITCH_HZ[attributes["colour"]] * OCTAVE[attributes["size"]] * (1 + 0.01 * float(torch.randn((), generator=g)))
     phase = 2 * math.pi * float(torch.rand((), generator=g))
     tone = sum(a * torch.sin(2 * math.pi * f0 * (k + 1) * t + phase)
                for k, a in enumerate(TIMBRE[attributes["shape"]]) if a)
@@ -151,7 +155,7 @@ def render_audio(attributes: dict[str, str], config: WorldConfig, g: torch.Gener
     else:
         envelope = torch.ones_like(t)
     fade = torch.clamp(torch.minimum(t, t[-1] - t) / 0.02, max=1.0)
-    wave = LOUDNESS[attributes["size"]] * tone * envelope * fade
+    wave = AMPLITUDE * tone * envelope * fade
     wave = wave + config.noise * 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
     return wave.clamp(-1, 1).float()
 

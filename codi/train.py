@@ -1,0 +1,544 @@
+"""Train CoDi-nano from scratch on the procedural world (codi.data.world), stage by stage.
+
+    python -m codi.train --preset nano --stage all --out runs/nano      # everything, resumable
+    python -m codi.train --preset nano --stage diffusion_audio --out runs/nano
+
+The release never published training code; this follows the paper's stages
+(Sec. 3, 4), in the order their inputs require:
+
+1. ``data``: render the training and held-out worlds once (cached).
+2. Autoencoders, each alone: ``image_vae`` (KL-f4 on frames), ``audio_vae``
+   (KL-f8 on AudioLDM log-mels; Griffin-Lim replaces a vocoder), ``text_vae``
+   (Optimus: BERT -> 32-d latent -> GPT-2 with the latent as memory and
+   embedding; reconstruction + beta * KL).
+3. Bridging alignment: ``clip`` (text and image towers contrastively on
+   text-image pairs, then the video temporal blocks on text-video pairs) and
+   ``clap`` (the audio tower aligned to the *frozen* text tower on text-audio
+   pairs). Losses are multi-positive InfoNCE: captions repeat and may name
+   only some attributes, so every pair that agrees on the named attributes
+   counts as a positive.
+4. ``latents``: encode the training set once with the trained autoencoders
+   and towers; latent scale factors are measured here (1 / std).
+5. Each modality's latent diffusion model alone: ``diffusion_image``,
+   ``diffusion_video`` (the image UNet with its temporal layers),
+   ``diffusion_audio``, ``diffusion_text``. Conditions are prompt embeddings
+   of the other modalities of the same event or of full/partial captions,
+   dropped to the unconditional embedding 10 % of the time (for guidance).
+6. Latent alignment with everything else frozen: ``align_text_image``,
+   ``align_text_audio``, ``align_audio_video`` train the environment encoders
+   and connector cross-attention on joint denoising of paired latents.
+7. ``export``: fp16 safetensors + tokenizers + a manifest with checksums and
+   scale factors into the output folder (``codi/weights/nano`` ships them).
+
+Every stage checkpoints atomically every ``--save-every`` steps and resumes
+from its last checkpoint; a finished stage is skipped. Losses are appended to
+``<out>/log.jsonl``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from codi.checkpoint import read_state_dict, save_state_dict
+from codi.data.world import ATTRIBUTES, WorldConfig, world_sample
+from codi.nano import build_components
+
+STAGES = ("data", "image_vae", "audio_vae", "text_vae", "clip", "clap", "latents", "diffusion_image",
+          "diffusion_video", "diffusion_audio", "diffusion_text", "align_text_image", "align_text_audio",
+          "align_audio_video", "export")
+STEPS = {  # default optimisation steps per stage (scaled by --steps-scale)
+    "image_vae": 1500, "audio_vae": 1500, "text_vae": 2500, "clip": 1500, "clap": 1500,
+    "diffusion_image": 3000, "diffusion_video": 1500, "diffusion_audio": 3000, "diffusion_text": 3000,
+    "align_text_image": 600, "align_text_audio": 600, "align_audio_video": 600,
+}
+ATTRIBUTE_ORDER = ("size", "colour", "shape", "motion")
+
+
+# ------------------------------------------------------------------ captions
+def partial_caption(attributes: dict[str, str], keep: Iterable[str]) -> str:
+    """A caption naming only the attributes in ``keep`` ("a red circle", "a large object moves up")."""
+    keep = set(keep)
+    words = [attributes[k] for k in ("size", "colour") if k in keep]
+    words.append(attributes["shape"] if "shape" in keep else "object")
+    text = "a " + " ".join(words)
+    if "motion" in keep:
+        text += f" moves {attributes['motion']}"
+    return text
+
+
+def random_keep(rng: random.Random, p_full: float = 0.5) -> tuple[str, ...]:
+    if rng.random() < p_full:
+        return ATTRIBUTE_ORDER
+    return tuple(a for a in ATTRIBUTE_ORDER if rng.random() < 0.6)
+
+
+def agreement(query: list[dict], keys: list[dict], named: list[Iterable[str]]) -> torch.Tensor:
+    """``[Q, K]`` 1 where key j agrees with query i on every attribute query i names."""
+    out = torch.zeros(len(query), len(keys))
+    for i, (q, names) in enumerate(zip(query, named)):
+        for j, k in enumerate(keys):
+            out[i, j] = float(all(q[a] == k[a] for a in names))
+    return out
+
+
+def multi_positive_nce(a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor, temperature: float = 0.07):
+    """Symmetric InfoNCE where ``positives [B, B]`` marks every matching pair (rows normalised to targets)."""
+    logits = a @ b.T / temperature
+    target_ab = positives / positives.sum(1, keepdim=True)
+    target_ba = positives.T / positives.T.sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-target_ab * logits.log_softmax(1), 1).mean()
+                  + torch.sum(-target_ba * logits.T.log_softmax(1), 1).mean())
+
+
+# ------------------------------------------------------------------ run state
+class Run:
+    """Output folder, logging, resumable optimisation loops."""
+
+    def __init__(self, out: Path, preset: str, steps_scale: float, samples: int, test_samples: int,
+                 save_every: int, seed: int, progress: bool = True):
+        self.out, self.preset = out, preset
+        self.steps_scale, self.samples, self.test_samples = steps_scale, samples, test_samples
+        self.save_every, self.seed, self.progress = save_every, seed, progress
+        out.mkdir(parents=True, exist_ok=True)
+        self._data = None
+
+    def steps(self, stage: str) -> int:
+        return max(1, int(round(STEPS[stage] * self.steps_scale)))
+
+    def log(self, **entry) -> None:
+        with open(self.out / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def done(self, stage: str) -> bool:
+        return (self.out / f"{stage}.done").exists()
+
+    def mark_done(self, stage: str, **info) -> None:
+        (self.out / f"{stage}.done").write_text(json.dumps(info))
+
+    @property
+    def data(self) -> dict:
+        if self._data is None:
+            self._data = torch.load(self.out / "data.pt", weights_only=True)
+        return self._data
+
+    def fit(self, stage: str, module: torch.nn.Module, params: list[torch.nn.Parameter],
+            loss_fn: Callable[[random.Random], torch.Tensor], lr: float) -> None:
+        """Optimise ``loss_fn`` over ``params`` (AdamW, cosine decay), resuming from ``<stage>.ckpt``."""
+        steps = self.steps(stage)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+        start = 0
+        ckpt = self.out / f"{stage}.ckpt"
+        if ckpt.exists():
+            saved = torch.load(ckpt, weights_only=True)
+            module.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            start = int(saved["step"])
+        rng = random.Random(f"{self.seed}/{stage}/{start}")
+        torch.manual_seed(hash((self.seed, stage, start)) % 2**31)
+        module.train()
+        bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, disable=not self.progress)
+        running = None
+        for step in bar:
+            loss = loss_fn(rng)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{stage}: loss became {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            bar.set_postfix(loss=f"{running:.4f}")
+            if (step + 1) % 50 == 0 or step + 1 == steps:
+                self.log(stage=stage, step=step + 1, loss=running, time=time.time())
+            if (step + 1) % self.save_every == 0 or step + 1 == steps:
+                tmp = ckpt.with_suffix(".tmp")
+                torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "step": step + 1}, tmp)
+                tmp.replace(ckpt)
+        module.eval()
+
+
+# ------------------------------------------------------------------ components
+def load_stage(run: Run, name: str, module: torch.nn.Module) -> torch.nn.Module:
+    module.load_state_dict(read_state_dict(run.out / f"{name}.safetensors"))
+    return module.eval()
+
+
+def save_stage(run: Run, name: str, module: torch.nn.Module, stage: str) -> None:
+    save_state_dict(module.state_dict(), run.out / f"{name}.safetensors")
+    run.mark_done(stage)
+
+
+# ------------------------------------------------------------------ stages
+def stage_data(run: Run) -> None:
+    from codi.audio import audioldm_log_mel
+
+    config = WorldConfig()
+    out = {}
+    for split, count in (("train", run.samples), ("test", run.test_samples)):
+        samples = [world_sample(i, split, config) for i in tqdm(range(count), desc=f"world {split}",
+                                                                disable=not run.progress)]
+        audio = torch.stack([s.audio for s in samples])
+        out[split] = {
+            "video": (torch.stack([s.video for s in samples]) * 255).round().to(torch.uint8),
+            "audio": audio.half(),
+            "mel": torch.cat([audioldm_log_mel(audio[i:i + 256], 128) for i in range(0, count, 256)]).half(),
+            "attributes": [s.attributes for s in samples],
+        }
+    torch.save(out, run.out / "data.pt")
+    run.mark_done("data")
+
+
+def _frames(run: Run, rng: random.Random, batch: int) -> torch.Tensor:
+    video = run.data["train"]["video"]
+    idx = torch.tensor([rng.randrange(video.shape[0]) for _ in range(batch)])
+    frame = torch.tensor([rng.randrange(video.shape[1]) for _ in range(batch)])
+    return video[idx, frame].float() / 255
+
+
+def _kl_autoencoder_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6) -> torch.Tensor:
+    posterior = vae.encode(x).latent_dist
+    rec = vae.decode(posterior.sample()).sample
+    return F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * posterior.kl().mean()
+
+
+def stage_image_vae(run: Run) -> None:
+    model = build_components(run.preset, only=("image_vae",))["image_vae"]
+    vae = model.vae.requires_grad_(True)
+    run.fit("image_vae", vae, list(vae.parameters()),
+            lambda rng: _kl_autoencoder_loss(vae, _frames(run, rng, 32) * 2 - 1), lr=1e-3)
+    save_stage(run, "image_vae", model, "image_vae")
+
+
+def stage_audio_vae(run: Run) -> None:
+    model = build_components(run.preset, only=("audio_vae",))["audio_vae"]
+    vae = model.vae.requires_grad_(True)
+    mel = run.data["train"]["mel"]
+
+    def loss(rng):
+        idx = torch.tensor([rng.randrange(mel.shape[0]) for _ in range(32)])
+        return _kl_autoencoder_loss(vae, mel[idx].float())
+
+    run.fit("audio_vae", vae, list(vae.parameters()), loss, lr=1e-3)
+    save_stage(run, "audio_vae", model, "audio_vae")
+
+
+def _tokenizers(run: Run):
+    from codi.vocab import char_tokenizers
+
+    return char_tokenizers(run.out / "tokenizers")
+
+
+def stage_text_vae(run: Run) -> None:
+    model = build_components(run.preset, only=("text_vae",))["text_vae"]
+    model.set_tokenizers(*_tokenizers(run))
+    model.requires_grad_(True)
+    bert, gpt2 = model.bert_tokenizer, model.gpt2_tokenizer
+    attributes = run.data["train"]["attributes"]
+    steps = run.steps("text_vae")
+    state = {"step": 0}
+
+    def loss(rng):
+        batch = [rng.choice(attributes) for _ in range(32)]
+        texts = [partial_caption(a, random_keep(rng, 0.7)) for a in batch]
+        enc = bert(texts, padding=True, return_tensors="pt")
+        pooled = model.encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
+        mu, logvar = model.encoder_latent(pooled).chunk(2, dim=-1)
+        u = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        ids = [[gpt2.bos_token_id] + gpt2.encode(t) + [gpt2.eos_token_id] for t in texts]
+        width = max(map(len, ids))
+        ids = torch.tensor([row + [gpt2.pad_token_id] * (width - len(row)) for row in ids])
+        logits = model.logits(u, ids[:, :-1])
+        target = ids[:, 1:].masked_fill(ids[:, 1:] == gpt2.pad_token_id, -100)
+        rec = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        beta = 0.02 * min(1.0, state["step"] / max(1, steps // 2))  # KL annealing
+        state["step"] += 1
+        return rec + beta * torch.clamp(kl, min=1.0).mean() / 32  # free bits: 1 nat per sample
+
+    run.fit("text_vae", model, [p for p in model.parameters() if p.requires_grad], loss, lr=1e-3)
+    save_stage(run, "text_vae", model, "text_vae")
+
+
+def _encode_grad(encoders, modality: str, value):
+    """The prompt encoders' forward with gradients (their public methods run under no_grad)."""
+    method = getattr(type(encoders), f"encode_{modality}")
+    return method.__wrapped__(encoders, value)
+
+
+def stage_clip(run: Run) -> None:
+    encoders = build_components(run.preset, only=("encoders",))["encoders"]
+    encoders.audio = None  # trained in the clap stage
+    data = run.data["train"]
+    attributes, video = data["attributes"], data["video"]
+
+    def pair_loss(rng, modality):
+        idx = [rng.randrange(len(attributes)) for _ in range(48)]
+        keys = [attributes[i] for i in idx]
+        named = [random_keep(rng, 0.5) for _ in idx]
+        texts = [partial_caption(k, n) for k, n in zip(keys, named)]
+        if modality == "image":
+            frames = torch.tensor([rng.randrange(video.shape[1]) for _ in idx])
+            visual = _encode_grad(encoders, "image", video[torch.tensor(idx), frames].float() / 255)
+            named = [[a for a in n if a != "motion"] for n in named]  # a still frame shows no motion
+        else:
+            visual = _encode_grad(encoders, "video", video[torch.tensor(idx)].float() / 255)
+        text = _encode_grad(encoders, "text", texts)
+        return multi_positive_nce(text, visual, agreement(keys, keys, named))
+
+    encoders.requires_grad_(True)
+    params = [p for n, p in encoders.named_parameters() if not n.startswith("temporal.")]
+    run.fit("clip", encoders, params, lambda rng: pair_loss(rng, "image"), lr=5e-4)
+    # then the temporal blocks (and the rest, slowly) on text-video pairs
+    run.fit("clip_video", encoders, list(encoders.parameters()), lambda rng: pair_loss(rng, "video"), lr=2e-4)
+    full = build_components(run.preset, only=("encoders",))["encoders"]
+    state = full.state_dict()
+    state.update(encoders.state_dict())
+    full.load_state_dict(state)
+    save_stage(run, "encoders_clip", full, "clip")
+
+
+def stage_clap(run: Run) -> None:
+    encoders = load_stage(run, "encoders_clip", build_components(run.preset, only=("encoders",))["encoders"])
+    data = run.data["train"]
+    attributes, audio = data["attributes"], data["audio"]
+    encoders.requires_grad_(False)
+    encoders.audio.requires_grad_(True)
+    text_cache: dict[str, torch.Tensor] = {}
+
+    def loss(rng):
+        idx = [rng.randrange(len(attributes)) for _ in range(48)]
+        keys = [attributes[i] for i in idx]
+        named = [random_keep(rng, 0.5) for _ in idx]
+        texts = [partial_caption(k, n) for k, n in zip(keys, named)]
+        missing = [t for t in dict.fromkeys(texts) if t not in text_cache]
+        if missing:
+            for t, e in zip(missing, encoders.encode_text(missing)):
+                text_cache[t] = e
+        text = torch.stack([text_cache[t] for t in texts])  # frozen text tower
+        sound = _encode_grad(encoders, "audio", audio[torch.tensor(idx)].float())
+        return multi_positive_nce(text, sound, agreement(keys, keys, named))
+
+    run.fit("clap", encoders.audio, list(encoders.audio.parameters()), loss, lr=5e-4)
+    save_stage(run, "encoders", encoders, "clap")
+
+
+@torch.no_grad()
+def stage_latents(run: Run) -> None:
+    """Encode every training sample once; measure latent scales; cache prompt embeddings."""
+    parts = build_components(run.preset, only=("image_vae", "audio_vae", "text_vae", "encoders"))
+    image_vae = load_stage(run, "image_vae", parts["image_vae"])
+    audio_vae = load_stage(run, "audio_vae", parts["audio_vae"])
+    text_vae = load_stage(run, "text_vae", parts["text_vae"]).set_tokenizers(*_tokenizers(run))
+    encoders = load_stage(run, "encoders", parts["encoders"])
+    data = run.data["train"]
+    video = data["video"].float() / 255
+    n = video.shape[0]
+    chunks = range(0, n, 128)
+    z_video = torch.cat([image_vae.encode_video(video[i:i + 128]) for i in chunks])  # [N, 4, F, 8, 8]
+    z_audio = torch.cat([audio_vae.vae.encode(data["mel"][i:i + 128].float()).latent_dist.mode() for i in chunks])
+    captions = [partial_caption(a, ATTRIBUTE_ORDER) for a in data["attributes"]]
+    z_text = torch.cat([text_vae.encode(captions[i:i + 128]) for i in chunks])
+    scales = {"image": 1 / float(z_video.std()), "audio": 1 / float(z_audio.std()), "text": 1 / float(z_text.std())}
+    embeddings = {
+        "image": torch.cat([encoders.encode_image(video[i:i + 128, 0]) for i in chunks]),
+        "video": torch.cat([encoders.encode_video(video[i:i + 128]) for i in chunks]),
+        "audio": torch.cat([encoders.encode_audio(data["audio"][i:i + 128].float()) for i in chunks]),
+    }
+    # every caption a condition may use: all subsets of named attributes for every combination
+    from itertools import product
+    texts = sorted({partial_caption(dict(zip(ATTRIBUTE_ORDER, combo)), keep)
+                    for combo in product(*(ATTRIBUTES[a] for a in ATTRIBUTE_ORDER))
+                    for keep in _subsets(ATTRIBUTE_ORDER)})
+    text_table = torch.cat([encoders.encode_text(texts[i:i + 256]) for i in range(0, len(texts), 256)])
+    uncond = {m: encoders.unconditional(m, 1)[0] for m in ("text", "image", "video", "audio")}
+    torch.save({"video": z_video * scales["image"], "audio": z_audio * scales["audio"], "text": z_text * scales["text"],
+                "scales": scales, "embeddings": embeddings, "texts": texts, "text_table": text_table,
+                "uncond": uncond}, run.out / "latents.pt")
+    run.mark_done("latents", scales=scales)
+
+
+def _subsets(items):
+    from itertools import combinations
+
+    return [c for r in range(len(items) + 1) for c in combinations(items, r)]
+
+
+class Conditions:
+    """Draws the condition token for training sample ``i``: a caption (full or partial) or another modality."""
+
+    def __init__(self, run: Run):
+        latents = torch.load(run.out / "latents.pt", weights_only=True)
+        self.latents = latents
+        self.attributes = run.data["train"]["attributes"]
+        self.text_index = {t: k for k, t in enumerate(latents["texts"])}
+
+    def __call__(self, rng: random.Random, indices: list[int], target: str | tuple[str, ...]) -> torch.Tensor:
+        targets = {target} if isinstance(target, str) else set(target)
+        sources = [m for m in ("image", "video", "audio") if m not in targets and not
+                   (m in ("image", "video") and targets & {"image", "video"})]
+        rows = []
+        for i in indices:
+            roll = rng.random()
+            if roll < 0.1:
+                rows.append(self.latents["uncond"][rng.choice(["text"] + sources)])
+            elif roll < 0.6 or not sources:
+                text = partial_caption(self.attributes[i], random_keep(rng, 0.5))
+                rows.append(self.latents["text_table"][self.text_index[text]])
+            else:
+                rows.append(self.latents["embeddings"][rng.choice(sources)][i])
+        return torch.stack(rows)[:, None, :]  # [B, 1, D]
+
+
+def _diffusion_latent(latents: dict, modality: str, idx: torch.Tensor) -> torch.Tensor:
+    if modality == "image":
+        frames = torch.randint(0, latents["video"].shape[2], (len(idx),))
+        return latents["video"][idx, :, frames].clone()  # [B, 4, 8, 8]: a frame's latent
+    return latents[modality][idx]
+
+
+def _noised(x: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor):
+    noise = torch.randn_like(x)
+    a = alphas_cumprod[t].view(-1, *([1] * (x.ndim - 1)))
+    return a.sqrt() * x + (1 - a).sqrt() * noise, noise
+
+
+def _load_diffusion(run: Run):
+    model = build_components(run.preset, only=("diffusion",))["diffusion"]
+    path = run.out / "diffusion.safetensors"
+    if path.exists():
+        model.load_state_dict(read_state_dict(path))
+    return model
+
+
+def stage_diffusion(run: Run, modality: str) -> None:
+    from codi.schedule import alphas_cumprod
+
+    model = _load_diffusion(run)
+    conditions = Conditions(run)
+    latents = conditions.latents
+    unet = model.unet(modality)
+    ac = alphas_cumprod(model.config.schedule)
+    batch = 16 if modality == "video" else 32
+    n = latents["video"].shape[0]
+
+    def loss(rng):
+        idx = [rng.randrange(n) for _ in range(batch)]
+        x0 = _diffusion_latent(latents, modality, torch.tensor(idx))
+        t = torch.randint(0, len(ac), (batch,))
+        xt, noise = _noised(x0, t, ac)
+        return F.mse_loss(unet(xt, t, conditions(rng, idx, modality)), noise)
+
+    params = [p for name, p in unet.named_parameters() if "env_encoder" not in name and "connectors" not in name]
+    unet.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    run.fit(f"diffusion_{modality}", unet, params, loss, lr=5e-4 if modality != "video" else 2e-4)
+    save_state_dict(model.state_dict(), run.out / "diffusion.safetensors")
+    run.mark_done(f"diffusion_{modality}")
+
+
+def stage_align(run: Run, pair: tuple[str, str]) -> None:
+    from codi.schedule import alphas_cumprod
+
+    model = _load_diffusion(run)
+    conditions = Conditions(run)
+    latents = conditions.latents
+    ac = alphas_cumprod(model.config.schedule)
+    n = latents["video"].shape[0]
+    model.requires_grad_(False)
+    params = []
+    for modality in pair:
+        for name, p in model.unet(modality).named_parameters():
+            if "env_encoder" in name or "connectors" in name:
+                p.requires_grad_(True)
+                params.append(p)
+    batch = 12 if "video" in pair else 24
+
+    def loss(rng):
+        idx = [rng.randrange(n) for _ in range(batch)]
+        t = torch.randint(0, len(ac), (batch,))
+        clean = {m: _diffusion_latent(latents, m, torch.tensor(idx)) for m in pair}
+        noisy, noise = {}, {}
+        for m, x0 in clean.items():
+            noisy[m], noise[m] = _noised(x0, t, ac)
+        out = model(noisy, t, conditions(rng, idx, pair))
+        return sum(F.mse_loss(out[m], noise[m]) for m in pair) / len(pair)
+
+    run.fit(f"align_{pair[0]}_{pair[1]}", model, params, loss, lr=3e-4)
+    save_state_dict(model.state_dict(), run.out / "diffusion.safetensors")
+    run.mark_done(f"align_{pair[0]}_{pair[1]}")
+
+
+def stage_export(run: Run, destination: Path | None = None) -> None:
+    from codi.nano import export_nano
+
+    scales = json.loads((run.out / "latents.done").read_text())["scales"]
+    parts = build_components(run.preset, scales)
+    for name in ("image_vae", "audio_vae", "text_vae", "encoders"):
+        load_stage(run, name, parts[name])
+    parts["diffusion"].load_state_dict(read_state_dict(run.out / "diffusion.safetensors"))
+    export_nano(parts, scales, destination or run.out / "export", tokenizer_dir=run.out / "tokenizers")
+    run.mark_done("export")
+
+
+RUNNERS: dict[str, Callable[[Run], None]] = {
+    "data": stage_data, "image_vae": stage_image_vae, "audio_vae": stage_audio_vae, "text_vae": stage_text_vae,
+    "clip": stage_clip, "clap": stage_clap, "latents": stage_latents,
+    "diffusion_image": lambda run: stage_diffusion(run, "image"),
+    "diffusion_video": lambda run: stage_diffusion(run, "video"),
+    "diffusion_audio": lambda run: stage_diffusion(run, "audio"),
+    "diffusion_text": lambda run: stage_diffusion(run, "text"),
+    "align_text_image": lambda run: stage_align(run, ("text", "image")),
+    "align_text_audio": lambda run: stage_align(run, ("text", "audio")),
+    "align_audio_video": lambda run: stage_align(run, ("audio", "video")),
+    "export": stage_export,
+}
+STEPS["clip_video"] = 600
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="nano", choices=("nano", "tiny"))
+    parser.add_argument("--stage", default="all", choices=("all",) + STAGES)
+    parser.add_argument("--out", default="runs/nano")
+    parser.add_argument("--samples", type=int, default=2048, help="training world samples")
+    parser.add_argument("--test-samples", type=int, default=256, help="held-out world samples")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's step count")
+    parser.add_argument("--save-every", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = Run(Path(args.out), args.preset, args.steps_scale, args.samples, args.test_samples, args.save_every,
+              args.seed, progress=not args.no_progress)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    for stage in stages:
+        if run.done(stage) and args.stage == "all":
+            continue
+        started = time.time()
+        RUNNERS[stage](run)
+        run.log(stage=stage, finished=True, seconds=time.time() - started)
+        print(f"{stage}: done in {time.time() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""CoDi-nano training: every stage runs, resumes, exports, and the export loads as a pipeline."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from codi.checkpoint import CheckpointError
+from codi.nano import load_nano, read_manifest
+from codi.train import STAGES, agreement, main, multi_positive_nce, partial_caption
+
+
+def test_partial_captions_and_agreement() -> None:
+    a = {"size": "large", "colour": "red", "shape": "circle", "motion": "left"}
+    b = dict(a, colour="blue")
+    assert partial_caption(a, ("colour", "shape")) == "a red circle"
+    assert partial_caption(a, ("size", "motion")) == "a large object moves left"
+    assert partial_caption(a, ("size", "colour", "shape", "motion")) == "a large red circle moves left"
+    assert agreement([a], [a, b], [("shape",)]).tolist() == [[1.0, 1.0]]
+    assert agreement([a], [a, b], [("colour",)]).tolist() == [[1.0, 0.0]]
+
+
+def test_multi_positive_nce_prefers_aligned_embeddings() -> None:
+    e = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    eye = torch.eye(6)
+    aligned = multi_positive_nce(e, e, eye)
+    shuffled = multi_positive_nce(e, e.roll(1, 0), eye)
+    assert aligned < shuffled
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nano-run")
+    args = ["--out", str(out), "--samples", "24", "--test-samples", "8", "--steps-scale", "0.001",
+            "--save-every", "1", "--no-progress"]
+    assert main(args) == 0
+    return out, args
+
+
+def test_every_stage_ran_and_logged(trained) -> None:
+    out, _ = trained
+    for stage in STAGES:
+        assert (out / f"{stage}.done").exists(), stage
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {entry["stage"] for entry in log if entry.get("finished")} == set(STAGES)
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log if "loss" in entry)
+
+
+def test_finished_stages_are_skipped_and_a_stage_resumes(trained) -> None:
+    out, args = trained
+    before = (out / "diffusion.safetensors").stat().st_mtime_ns
+    assert main(args) == 0  # everything done: nothing reruns
+    assert (out / "diffusion.safetensors").stat().st_mtime_ns == before
+    ckpt = torch.load(out / "diffusion_text.ckpt", weights_only=True)
+    assert ckpt["step"] == 3  # 3000 * 0.001 steps, checkpointed every step
+    assert main(args[:-1] + ["--stage", "diffusion_text", "--no-progress"]) == 0  # resumes at its last step
+
+
+def test_export_loads_as_a_pipeline_and_checks_checksums(trained) -> None:
+    out, _ = trained
+    export = out / "export"
+    manifest = read_manifest(export)
+    assert set(manifest["scales"]) == {"image", "audio", "text"} and manifest["model"] == "codi-nano"
+    pipe = load_nano(export)
+    result = pipe({"text": ["a red circle moves left"]}, ["video", "audio", "text"], num_inference_steps=2, seed=0)
+    assert result["video"].shape == (1, 8, 3, 32, 32) and result["audio"].shape == (1, 20480)
+    assert isinstance(result["text"][0], str)
+    damaged = export / "audio_vae.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_nano(export)
