@@ -78,6 +78,7 @@ class Context:
     sim_embedder: str = "codi"
     checkpoint: str | None = None
     cache_dir: str | None = None
+    codi_encoders: Any = None  # the generator's own PromptEncoders, used by the "codi" SIM embedder if given
     reference_id: dict[str, Any] | None = None  # dataset, split, num, ids_digest: names cached reference stats
     batch_size: int = 32
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -127,7 +128,8 @@ class Context:
         key = f"sim:{self.sim_embedder}:{'-'.join(pair)}"
         if key not in self._built:
             build = EMBEDDERS.get(self.sim_embedder)
-            self._built[key] = build(pair, checkpoint=self.checkpoint, clip_model=self.clip_model,
+            self._built[key] = build(pair, checkpoint=self.checkpoint, encoders=self.codi_encoders,
+                                     clip_model=self.clip_model,
                                      clap_model=self.clap_model, device=self.device, dtype=self.dtype)
         return self._built[key]
 

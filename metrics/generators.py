@@ -12,6 +12,8 @@ mono 16 kHz in [-1, 1]. Sample ``i`` of a batch uses seed ``seed + i``.
 
 - ``codi``: :class:`codi.pipeline.CoDiPipeline` from a checkpoint folder (imported
   only when built, so the harness works without the model);
+- ``codi-random``: the same pipeline built from a small preset (``tiny``) with random
+  weights: the real model code end to end, numbers meaningless;
 - ``dummy``: deterministic, weight-free and fast, for tests: every output is a
   function of (the sample's inputs, its seed, and in ``independent`` mode the
   output's modality), so joint outputs share one hidden "scene" and
@@ -130,6 +132,17 @@ def build_codi(checkpoint: str | None = None, device: str = "cpu", dtype: torch.
     if outputs is not None and "outputs" in inspect.signature(CoDiPipeline.from_pretrained).parameters:
         kwargs["outputs"] = list(outputs)  # read only the UNets the task needs
     return CoDiPipeline.from_pretrained(checkpoint, **kwargs)
+
+
+@GENERATORS.register("codi-random")
+def build_codi_random(preset: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+                      **_: Any):
+    """``CoDiPipeline.from_config(preset)``: the real pipeline with random (seeded) weights, for smoke runs."""
+    try:
+        from codi.pipeline import CoDiPipeline
+    except ImportError as error:
+        raise RuntimeError(f"the codi-random generator needs codi.pipeline.CoDiPipeline: {error}") from error
+    return CoDiPipeline.from_config(preset, device=device, dtype=dtype, seed=seed)
 
 
 _SHAPES = {"image": (4, "[B, 3, H, W]"), "video": (5, "[B, F, 3, H, W]"), "audio": (2, "[B, T]")}

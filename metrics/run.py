@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, help="task name or YAML path (" + ", ".join(available_tasks()) + ")")
     p.add_argument("--generator", default=DEFAULT_GENERATOR, help=f"registered generator (default {DEFAULT_GENERATOR})")
     p.add_argument("--checkpoint", help="checkpoint folder or file of the generator")
+    p.add_argument("--preset", default="tiny", help="model preset of the codi-random generator (default tiny)")
     p.add_argument("--data-root", help="dataset root (default $CODI_DATA_ROOT)")
     p.add_argument("--manifest", help="JSONL manifest replacing the task's dataset (a custom prompt set)")
     p.add_argument("--num-samples", type=int, help="number of samples (default: the task's)")
@@ -72,14 +73,16 @@ def _slug(text: str) -> str:
 
 
 def settings_name(task, generator: str, ckpt_hashes: dict[str, str], sampler: str, steps: int, guidance: float,
-                  seed: int) -> str:
+                  seed: int, dtype: str = "float32") -> str:
     """Folder name encoding every setting that changes the samples."""
     digest = "none"
     if ckpt_hashes:
         import hashlib
 
         digest = hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(ckpt_hashes.items())).encode()).hexdigest()[:10]
-    return _slug(f"{task.name}-v{task.version}-{generator}-{digest}-{sampler}-s{steps}-g{guidance:g}-seed{seed}")
+    precision = "" if dtype == "float32" else f"-{dtype}"
+    return _slug(f"{task.name}-v{task.version}-{generator}-{digest}-{sampler}-s{steps}-g{guidance:g}-seed{seed}"
+                 f"{precision}")
 
 
 def _print_table(doc: dict, path: Path) -> None:
@@ -134,17 +137,19 @@ def run(args: argparse.Namespace) -> Path:
         gen_name = "samples:" + samples_from.resolve().name
         run_dir = output / _slug(f"{task.name}-v{task.version}-scored-{samples_from.resolve().name}")
     else:
-        gen_name = args.generator
+        gen_name = args.generator + (f"-{args.preset}" if args.generator == "codi-random" else "")
         build = GENERATORS.get(args.generator)
         hashes = checkpoint_hashes(checkpoint, cache_dir)
-        generator = build(checkpoint=checkpoint, device=args.device, dtype=dtype, outputs=list(task.outputs))
-        run_dir = output / settings_name(task, args.generator, hashes, sampler, steps, guidance, args.seed)
+        generator = build(checkpoint=checkpoint, device=args.device, dtype=dtype, outputs=list(task.outputs),
+                          preset=args.preset, seed=args.seed)
+        run_dir = output / settings_name(task, gen_name, hashes, sampler, steps, guidance, args.seed, args.dtype)
     if args.sim_embedder not in EMBEDDERS:
         EMBEDDERS.get(args.sim_embedder)  # raises with the valid names
 
     ctx = Context(device=args.device, dtype=dtype, clip_model=args.clip_model, clap_model=args.clap_model,
                   weights_root=args.weights_dir, fad_model=args.fad_model, sim_embedder=args.sim_embedder,
                   checkpoint=checkpoint, cache_dir=str(cache_dir), batch_size=args.batch_size,
+                  codi_encoders=getattr(generator, "encoders", None) if checkpoint is None else None,
                   reference_id=dict(dataset=f"{task.dataset.name}-{kind}", split=str(split), num=len(records),
                                     ids_digest=ids_digest([r.id for r in records])))
     settings = Settings(sampler=sampler, steps=steps, guidance_scale=guidance, seed=args.seed,

@@ -108,8 +108,8 @@ class SIM:
 def build_codi_embedder(pair: tuple[str, str], *, checkpoint: str | os.PathLike | None = None,
                         device: str = "cpu", dtype: torch.dtype = torch.float32, encoders: Any = None,
                         **_: Any) -> dict[str, EmbedFn]:
-    """CoDi's prompt encoders: ``encoders`` (a built ``PromptEncoders``) or loaded from
-    ``checkpoint/CoDi_encoders.pth``."""
+    """CoDi's prompt encoders: ``encoders`` (a built ``PromptEncoders``, e.g. the generating pipeline's own)
+    or loaded from ``checkpoint/CoDi_encoders.pth``."""
     if encoders is None:
         if checkpoint is None:
             raise ValueError("the 'codi' SIM embedder needs --checkpoint (the folder with CoDi_encoders.pth) or "

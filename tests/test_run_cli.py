@@ -137,7 +137,7 @@ def test_captioning_task_from_a_custom_task_file(tmp_path, manifest):
 
 @pytest.mark.parametrize("args, message", [
     (["--task", "text2smell"], r"unknown task 'text2smell'; valid tasks are: .*text2image"),
-    (["--task", "text2image", "--generator", "dall-e"], "unknown generator 'dall-e'; valid generators are: codi, dummy"),
+    (["--task", "text2image", "--generator", "dall-e"], "unknown generator 'dall-e'; valid generators are: codi, codi-random, dummy"),
     (["--task", "text2image", "--generator", "codi"], "the codi generator needs --checkpoint"),
     (["--task", "text2image", "--sim-embedder", "imagebind"], "unknown embedder 'imagebind'"),
     (["--task", "text2image", "--data-root", "/nonexistent/data"], "data root /nonexistent/data is not a directory"),
@@ -180,3 +180,18 @@ def test_weights_cli_lists_every_file(tmp_path, monkeypatch, capsys):
             "CoDi_encoders.pth"} <= set(by_what)
     assert weights.main([]) == 0
     assert "MISSING" in capsys.readouterr().out
+
+
+def test_the_real_codi_pipeline_with_random_weights_and_its_own_encoders_for_sim(tmp_path):
+    """codi-random: CoDiPipeline.from_config("tiny") through the generator interface; SIM with its encoders."""
+    manifest = tmp_path / "one.jsonl"
+    manifest.write_text('{"id": "p0", "text": "a dog barks in the rain"}\n')
+    rc, doc = _run(tmp_path, "--task", "text2image+text", "--manifest", str(manifest), "--steps", "1",
+                   "--generator", "codi-random", "--sim-embedder", "codi")
+    assert rc == 0
+    run_dir = tmp_path / "runs" / "text2image+text-v1-codi-random-tiny-none-ddim-s1-g7.5-seed0"
+    assert doc["model"]["generator"] == "codi-random-tiny"
+    for mode in ("joint", "independent"):
+        entry = doc["metrics"][mode]["sim_text_image"]
+        assert entry["n"] == 1 and -1 <= entry["value"] <= 1 and entry["stderr"] is None
+        assert (run_dir / mode / "p0.png").is_file() and (run_dir / mode / "p0.txt").is_file()
