@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from metrics import media
 from metrics.base import MetricValue
 from metrics.build import CAPTION_KINDS, Batch, Context, build_scorers
-from metrics.data import Record, collate
+from metrics.data import COMMON_OPTIONS, Record, collate
 from metrics.fad import file_key
 from metrics.generators import check_outputs
 from metrics.results import skipped_entry
@@ -118,19 +118,20 @@ def evaluate(task, records: Sequence[Record], settings: Settings, ctx: Context, 
             ids = [r.id for r in chunk]
             inputs = collate(chunk, task.inputs, options, all_captions=False)
             refs = {m: collate(chunk, [m], options, all_captions=True)[m] for m in refs_needed}
-            ref_keys = {m: [file_key(r.files[m]) for r in chunk] for m in refs if m != "text"}
+            # cache keys of reference files carry the preprocessing that changes their embeddings
+            prep = {"audio": f"|{options.get('audio_seconds', COMMON_OPTIONS['audio_seconds'])}s"}
+            ref_keys = {m: [file_key(r.files[m]) + prep.get(m, "") for r in chunk] for m in refs if m != "text"}
             if generator is not None:
                 raw = generator.generate(inputs, list(task.outputs), mode="joint" if mode == "default" else mode,
                                          seed=settings.seed + start, num_inference_steps=settings.steps,
                                          guidance_scale=settings.guidance_scale, sampler=settings.sampler)
                 outputs = check_outputs(raw, task.outputs, len(chunk))
-                output_keys: dict[str, list[str]] = {}
+                output_keys: dict[str, list[str]] = {}  # fresh samples are embedded from memory, not cached
                 if settings.save_samples and sample_dir is not None:
                     folder = sample_dir / mode
                     for m in task.outputs:
-                        paths = [media.save_sample(m, outputs[m][i], sample_path(folder, sid, m))
-                                 for i, sid in enumerate(ids)]
-                        output_keys[m] = [file_key(p) for p in paths]
+                        for i, sid in enumerate(ids):
+                            media.save_sample(m, outputs[m][i], sample_path(folder, sid, m))
             else:
                 outputs, output_keys = _read_outputs(out_folder, chunk, task.outputs)
             batch = Batch(ids, inputs, outputs, refs, ref_keys, output_keys)

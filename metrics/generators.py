@@ -12,6 +12,7 @@ mono 16 kHz in [-1, 1]. Sample ``i`` of a batch uses seed ``seed + i``.
 
 - ``codi``: :class:`codi.pipeline.CoDiPipeline` from a checkpoint folder (imported
   only when built, so the harness works without the model);
+- ``codi-nano``: the small CoDi shipped inside the package (:func:`codi.nano.load_nano`);
 - ``codi-random``: the same pipeline built from a small preset (``tiny``) with random
   weights: the real model code end to end, numbers meaningless;
 - ``dummy``: deterministic, weight-free and fast, for tests: every output is a
@@ -122,7 +123,7 @@ def build_codi(checkpoint: str | None = None, device: str = "cpu", dtype: torch.
     """``CoDiPipeline.from_pretrained(checkpoint, device=..., dtype=...)`` (lazy import of the model)."""
     if checkpoint is None:
         raise ValueError("the codi generator needs --checkpoint DIR (the folder with the release's CoDi_*.pth "
-                         "files); the embedded codi-nano default is not wired in yet")
+                         "files); for the embedded small model use --generator codi-nano")
     try:
         from codi.pipeline import CoDiPipeline
     except ImportError as error:
@@ -132,6 +133,26 @@ def build_codi(checkpoint: str | None = None, device: str = "cpu", dtype: torch.
     if outputs is not None and "outputs" in inspect.signature(CoDiPipeline.from_pretrained).parameters:
         kwargs["outputs"] = list(outputs)  # read only the UNets the task needs
     return CoDiPipeline.from_pretrained(checkpoint, **kwargs)
+
+
+def _nano_dir() -> str:
+    from codi.nano import NANO_DIR
+
+    return str(NANO_DIR)
+
+
+@GENERATORS.register("codi-nano")
+def build_codi_nano(checkpoint: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                    **_: Any):
+    """The embedded CoDi-nano (``codi.nano.load_nano``; checksums verified), from ``checkpoint`` or its package folder."""
+    try:
+        from codi.nano import load_nano
+    except ImportError as error:
+        raise RuntimeError(f"the codi-nano generator needs codi.nano: {error}") from error
+    return load_nano(checkpoint or _nano_dir(), device=device, dtype=dtype)
+
+
+build_codi_nano.default_checkpoint = _nano_dir  # hashed into results and the samples folder name
 
 
 @GENERATORS.register("codi-random")

@@ -14,6 +14,7 @@ printed. Weights for the metrics are looked up locally only
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from dataclasses import asdict
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from metrics.build import Context
-from metrics.data import DatasetError, data_root, ids_digest, load_records
+from metrics.data import COMMON_OPTIONS, DatasetError, data_root, ids_digest, load_records
 from metrics.evaluate import Settings, as_dicts, evaluate, reference_modalities
 from metrics.features.local import MissingWeightsError
 from metrics.registry import EMBEDDERS, GENERATORS
@@ -139,9 +140,16 @@ def run(args: argparse.Namespace) -> Path:
     else:
         gen_name = args.generator + (f"-{args.preset}" if args.generator == "codi-random" else "")
         build = GENERATORS.get(args.generator)
+        if checkpoint is None and hasattr(build, "default_checkpoint"):
+            checkpoint = build.default_checkpoint()
+        try:
+            generator = build(checkpoint=checkpoint, device=args.device, dtype=dtype, outputs=list(task.outputs),
+                              preset=args.preset, seed=args.seed)
+        except (ValueError, RuntimeError, FileNotFoundError):
+            raise
+        except Exception as error:  # noqa: BLE001 (model loaders raise their own types)
+            raise RuntimeError(f"cannot build generator {args.generator!r}: {error}") from error
         hashes = checkpoint_hashes(checkpoint, cache_dir)
-        generator = build(checkpoint=checkpoint, device=args.device, dtype=dtype, outputs=list(task.outputs),
-                          preset=args.preset, seed=args.seed)
         run_dir = output / settings_name(task, gen_name, hashes, sampler, steps, guidance, args.seed, args.dtype)
     if args.sim_embedder not in EMBEDDERS:
         EMBEDDERS.get(args.sim_embedder)  # raises with the valid names
@@ -149,9 +157,12 @@ def run(args: argparse.Namespace) -> Path:
     ctx = Context(device=args.device, dtype=dtype, clip_model=args.clip_model, clap_model=args.clap_model,
                   weights_root=args.weights_dir, fad_model=args.fad_model, sim_embedder=args.sim_embedder,
                   checkpoint=checkpoint, cache_dir=str(cache_dir), batch_size=args.batch_size,
-                  codi_encoders=getattr(generator, "encoders", None) if checkpoint is None else None,
-                  reference_id=dict(dataset=f"{task.dataset.name}-{kind}", split=str(split), num=len(records),
-                                    ids_digest=ids_digest([r.id for r in records])))
+                  codi_encoders=getattr(generator, "encoders", None),
+                  reference_id=dict(dataset=f"{task.dataset.name}-{kind}",
+                                    split=f"{split}-{ {**COMMON_OPTIONS, **options}['image_size']}px",
+                                    num=len(records),
+                                    ids_digest=ids_digest([r.id for r in records]
+                                                          + [json.dumps(options, sort_keys=True, default=str)])))
     settings = Settings(sampler=sampler, steps=steps, guidance_scale=guidance, seed=args.seed,
                         batch_size=args.batch_size, modes=modes, save_samples=not args.no_save,
                         progress=not args.no_progress)

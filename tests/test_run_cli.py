@@ -137,7 +137,7 @@ def test_captioning_task_from_a_custom_task_file(tmp_path, manifest):
 
 @pytest.mark.parametrize("args, message", [
     (["--task", "text2smell"], r"unknown task 'text2smell'; valid tasks are: .*text2image"),
-    (["--task", "text2image", "--generator", "dall-e"], "unknown generator 'dall-e'; valid generators are: codi, codi-random, dummy"),
+    (["--task", "text2image", "--generator", "dall-e"], "unknown generator 'dall-e'; valid generators are: codi, codi-nano, codi-random, dummy"),
     (["--task", "text2image", "--generator", "codi"], "the codi generator needs --checkpoint"),
     (["--task", "text2image", "--sim-embedder", "imagebind"], "unknown embedder 'imagebind'"),
     (["--task", "text2image", "--data-root", "/nonexistent/data"], "data root /nonexistent/data is not a directory"),
