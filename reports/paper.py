@@ -18,7 +18,6 @@ match the paper's dataset for that task is refused rather than compared.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import sys
 from dataclasses import dataclass
