@@ -65,6 +65,7 @@ class Results:
     settings: dict
     environment: dict
     metrics: dict[str, dict[str, Metric]] = field(default_factory=dict)
+    label: str | None = None  # row name in tables (default: generator [checkpoint file name])
 
     @property
     def nano(self) -> bool:

@@ -26,9 +26,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from reports.load import ReportError, Results, atomic_write_text, load_results
+from reports.load import ReportError, Results, atomic_write_text
 from reports.tables import (DECIMALS, DEFAULT_DECIMALS, format_metric, group_by_task, latex_table,
-                            markdown_table, metric_label, metric_sort_key, row_label, unreliable_notes)
+                            load_labelled, markdown_table, metric_label, metric_sort_key, row_label,
+                            unreliable_notes)
 
 DEFAULT_REFERENCE = Path(__file__).with_name("reference") / "codi_paper.yaml"
 # Direction of every metric the reference may hold; a results file that disagrees is refused.
@@ -234,10 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", nargs="+", help="results JSON files (schema codi-results/1)")
     parser.add_argument("--format", choices=("md", "latex"), default="md")
     parser.add_argument("--reference", default=str(DEFAULT_REFERENCE), help="published numbers (YAML)")
+    parser.add_argument("--label", action="append", default=[], help="row name, one per results file, in order")
     parser.add_argument("--out", help="write here (atomically) instead of printing")
     args = parser.parse_args(argv)
     try:
-        text = render([load_results(p) for p in args.results], args.format, load_reference(args.reference))
+        text = render(load_labelled(args.results, args.label), args.format, load_reference(args.reference))
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

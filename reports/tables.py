@@ -21,6 +21,7 @@ import argparse
 import math
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -73,10 +74,10 @@ def format_metric(m: Metric, scale: float = 1.0, decimals: int | None = None) ->
 
 
 def row_label(results: Results, mode: str) -> str:
-    """``generator [checkpoint file name] (mode)``; the mode is left out when it is ``default``."""
-    label = str(results.model.get("generator") or "model")
+    """``generator [checkpoint file name] (mode)`` or ``label (mode)``; no mode when it is ``default``."""
+    label = results.label or str(results.model.get("generator") or "model")
     checkpoint = results.model.get("checkpoint")
-    if checkpoint:
+    if checkpoint and not results.label:
         label += f" [{Path(str(checkpoint)).name}]"
     return label if mode == "default" else f"{label} ({mode})"
 
@@ -103,7 +104,7 @@ def _rows(results_list: list[Results]) -> list[tuple[str, Results, str]]:
             label = row_label(r, mode)
             if label in labels:
                 raise ReportError(f"{r.source}: row {label!r} appears twice in the {r.task} table "
-                                  "(two results files for the same checkpoint and mode)")
+                                  "(two results files for the same checkpoint and mode; name them with --label)")
             labels.add(label)
             rows.append((label, r, mode))
     return rows
@@ -222,14 +223,23 @@ def render(results_list: list[Results], fmt: str) -> str:
     return "\n".join(parts)
 
 
+def load_labelled(paths: list[str], labels: list[str]) -> list[Results]:
+    """Load results files; ``labels`` (empty, or one per file) name their rows."""
+    if labels and len(labels) != len(paths):
+        raise ReportError(f"{len(labels)} --label given for {len(paths)} results files; give one per file or none")
+    results = [load_results(p) for p in paths]
+    return [replace(r, label=lab) for r, lab in zip(results, labels)] if labels else results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", help="results JSON files (schema codi-results/1)")
     parser.add_argument("--format", choices=FORMATS, default="md")
+    parser.add_argument("--label", action="append", default=[], help="row name, one per results file, in order")
     parser.add_argument("--out", help="write here (atomically) instead of printing")
     args = parser.parse_args(argv)
     try:
-        text = render([load_results(p) for p in args.results], args.format)
+        text = render(load_labelled(args.results, args.label), args.format)
     except ReportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -201,3 +201,14 @@ def test_cli_writes_atomically_and_reports_errors(tmp_path, capsys):
     assert "not valid JSON (line 1" in capsys.readouterr().err
     assert paper.main([str(tmp_path / "missing.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_labels_name_rows_and_resolve_clashes(tmp_path, capsys):
+    path = str(FIXTURES / "t2i_codi.json")
+    assert tables.main([path, path]) == 2
+    assert "name them with --label" in capsys.readouterr().err
+    assert tables.main([path, path, "--label", "run A", "--label", "run B"]) == 0
+    rows = md_rows(capsys.readouterr().out, "text2image")
+    assert set(rows) == {"run A", "run B"} and rows["run B"]["FID ↓"] == "11.84"
+    assert paper.main([path, "--label", "a", "--label", "b"]) == 2
+    assert "2 --label given for 1 results files" in capsys.readouterr().err
