@@ -60,7 +60,7 @@ def format_value(x: float | None, decimals: int) -> str:
     if x is None:
         return ""
     if math.isnan(x):
-        return "nan"
+        return "n/a"  # the harness could not compute it (JSON null); its note says why
     return f"{x:.{decimals}f}"
 
 

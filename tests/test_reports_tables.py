@@ -214,3 +214,19 @@ def test_labels_name_rows_and_resolve_clashes(tmp_path, capsys):
     assert set(rows) == {"run A", "run B"} and rows["run B"]["FID ↓"] == "11.84"
     assert paper.main([path, "--label", "a", "--label", "b"]) == 2
     assert "2 --label given for 1 results files" in capsys.readouterr().err
+
+
+def test_renders_what_metrics_results_writes(tmp_path):
+    """The contract with metrics/results.py: its documents load, render and gate here."""
+    results = pytest.importorskip("metrics.results")
+    from metrics.base import MetricValue
+
+    doc = results.build_results(
+        task="image2text", task_version=1, task_config={"dataset": {"kind": "coco", "name": "COCO"}},
+        generator="codi", checkpoint=None, checkpoint_sha256={}, settings={"steps": 50, "num_samples": 8},
+        metrics={"default": {"cider": MetricValue(1.2, 0.1, 8, True),
+                             "spice": results.skipped_entry(True, "SPICE needs Stanford CoreNLP 3.6.0")}})
+    path = results.write_results(doc, tmp_path / "r.json")
+    rows = md_rows(paper.render([load_results(path)]), "image2text")
+    assert rows["codi"]["CIDEr ↑ (×100)"] == "120.0 ± 10.0"
+    assert rows["codi"]["SPICE ↑"] == "n/a†"
