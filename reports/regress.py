@@ -169,7 +169,8 @@ def results_quantities(doc: dict, source: str) -> tuple[dict[str, Quantity], dic
         for m in metrics.values():
             key = f"{r.task}/{mode}/{m.name}"
             out[key] = Quantity(key, m.value, m.higher_is_better, source)
-    signature = {"task_version": r.task_version, "task_config": r.task_config,
+    config = {k: v for k, v in r.task_config.items() if k != "description"}  # prose changes no number
+    signature = {"task_version": r.task_version, "task_config": config,
                  **{f"settings.{k}": r.settings.get(k) for k in COMPARABLE_SETTINGS}}
     return out, {r.task: signature}
 

@@ -120,6 +120,8 @@ def test_refuses_incomparable_settings_unless_allowed(tmp_path, capsys):
     rc, _, err = gate(capsys, "--baseline", BASE, "--candidate", cand)
     assert rc == 2 and "settings.num_samples is 30000 in the baseline but 5000 in the candidate" in err
     assert gate(capsys, "--baseline", BASE, "--candidate", cand, "--allow-settings-mismatch")[0] == 0
+    reworded = candidate(tmp_path, "reworded.json", edit=lambda d: d["task_config"].update(description="new words"))
+    assert gate(capsys, "--baseline", BASE, "--candidate", reworded)[0] == 0
     nano = candidate(tmp_path, "nano.json", edit=lambda d: d["task_config"].update(feature_space="nano"))
     rc, _, err = gate(capsys, "--baseline", BASE, "--candidate", nano)
     assert rc == 2 and "task_config" in err
