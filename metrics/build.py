@@ -2,7 +2,9 @@
 
 A kind is a :class:`MetricKind`: its direction, default operands, valid
 options, and ``build(spec, ctx) -> scorer``. A scorer has
-``update(batch: Batch)`` and ``compute(skipped: dict) -> {name: MetricValue}``.
+``update(batch: Batch)``, ``compute(skipped: dict) -> {name: MetricValue}`` and
+``reference_modalities`` (the dataset references its updates need; empty for a
+cached FID reference).
 Feature extractors come from the :class:`Context`: built lazily from local
 weights the first time a metric needs them, shared between metrics (one
 CLIP for ``clip_score`` and ``clipsim``, one Inception for ``fid`` and
@@ -187,6 +189,10 @@ class _FrechetScorer:
                 metric.set_reference(load_stats(self.cache_path))
                 self.reference_fixed = True
 
+    @property
+    def reference_modalities(self) -> set[str]:
+        return set() if self.reference_fixed else {"image"}
+
     def update(self, batch: Batch) -> None:
         self.metric.update(batch.operand("output.image"))
         if not self.reference_fixed:
@@ -226,6 +232,8 @@ def _build_kid(spec, ctx: Context):
 
 # ------------------------------------------------------------------ CLIPScore / CLIPSIM / SIM
 class _PairScorer:
+    reference_modalities: set[str] = set()
+
     def __init__(self, spec, metric, first: str, second: str, call: Callable):
         self.spec, self.metric, self.first, self.second, self.call = spec, metric, first, second, call
 
@@ -265,6 +273,8 @@ def _build_sim(spec, ctx: Context):
 
 # ------------------------------------------------------------------ FAD
 class _FadScorer:
+    reference_modalities = {"audio"}
+
     def __init__(self, spec, ctx: Context):
         from metrics.fad import FAD, EmbeddingCache
 
@@ -291,6 +301,8 @@ def _build_fad(spec, ctx: Context):
 
 # ------------------------------------------------------------------ captions (one shared pass)
 class _CaptionScorer:
+    reference_modalities = {"text"}
+
     def __init__(self, specs):
         from metrics.captions import CaptionMetrics
 

@@ -117,7 +117,8 @@ def evaluate(task, records: Sequence[Record], settings: Settings, ctx: Context, 
             chunk = list(records[start:start + settings.batch_size])
             ids = [r.id for r in chunk]
             inputs = collate(chunk, task.inputs, options, all_captions=False)
-            refs = {m: collate(chunk, [m], options, all_captions=True)[m] for m in refs_needed}
+            wanted = set().union(*(sc.reference_modalities for sc in scorers)) & set(refs_needed)
+            refs = {m: collate(chunk, [m], options, all_captions=True)[m] for m in wanted}
             # cache keys of reference files carry the preprocessing that changes their embeddings
             prep = {"audio": f"|{options.get('audio_seconds', COMMON_OPTIONS['audio_seconds'])}s"}
             ref_keys = {m: [file_key(r.files[m]) + prep.get(m, "") for r in chunk] for m in refs if m != "text"}
