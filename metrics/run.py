@@ -28,7 +28,7 @@ from metrics.evaluate import Settings, as_dicts, evaluate, reference_modalities
 from metrics.features.local import MissingWeightsError
 from metrics.registry import EMBEDDERS, GENERATORS
 from metrics.results import build_results, checkpoint_hashes, write_results
-from metrics.task import TaskError, available_tasks, load_task
+from metrics.task import SAMPLERS, TaskError, available_tasks, load_task
 
 DEFAULT_GENERATOR = "codi"
 """The generator used when --generator is not given (to become the embedded "codi-nano" model)."""
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--mode", choices=sorted(MODE_CHOICES), default="both",
                    help="for multi-output tasks: joint, independent or both")
-    p.add_argument("--sampler", help="override the task's sampler (ddim, dpmsolver++)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="override the task's sampler")
     p.add_argument("--steps", type=int, help="override the task's number of sampling steps")
     p.add_argument("--guidance-scale", type=float, help="override the task's guidance scale")
     p.add_argument("--output", default="runs", help="output folder (default runs/)")

@@ -42,7 +42,7 @@ __all__ = ["TASKS_DIR", "MODALITIES", "MetricSpec", "DatasetSpec", "SamplerSpec"
 
 TASKS_DIR = Path(__file__).parent / "tasks"
 MODALITIES = ("text", "image", "video", "audio")
-SAMPLERS = ("ddim", "dpmsolver++")
+SAMPLERS = ("ddim", "dpmpp_2m")  # the names codi.sampling.SAMPLERS accepts
 
 
 class TaskError(ValueError):

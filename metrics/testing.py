@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["tiny_clip_dir", "tiny_clap_dir", "tiny_inception_file", "tiny_bpe_vocab"]
+__all__ = ["tiny_clip_dir", "tiny_clap_dir", "tiny_inception_file", "tiny_bpe_vocab", "random_pytorch_fid_inception"]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -102,4 +102,26 @@ def tiny_inception_file(folder: str | os.PathLike, *, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     path = folder / "inception-2015-12-05.pt"
     torch.jit.script(_TinyInception().eval()).save(str(path))
+    return path
+
+
+def random_pytorch_fid_inception(torch_home: str | os.PathLike, *, seed: int = 0) -> Path:
+    """pytorch-fid's Inception architecture (clean-fid's ``legacy_pytorch`` mode) with random weights, saved
+    where torch hub keeps ``pt_inception-2015-12-05-6726825d.pth`` under ``torch_home`` (full size: ~95 MB)."""
+    from cleanfid import inception_pytorch as ip
+
+    torch.manual_seed(seed)
+    net = ip._inception_v3(num_classes=1008, aux_logits=False, pretrained=False)
+    for name, block in (("Mixed_5b", ip.FIDInceptionA(192, pool_features=32)),
+                        ("Mixed_5c", ip.FIDInceptionA(256, pool_features=64)),
+                        ("Mixed_5d", ip.FIDInceptionA(288, pool_features=64)),
+                        ("Mixed_6b", ip.FIDInceptionC(768, channels_7x7=128)),
+                        ("Mixed_6c", ip.FIDInceptionC(768, channels_7x7=160)),
+                        ("Mixed_6d", ip.FIDInceptionC(768, channels_7x7=160)),
+                        ("Mixed_6e", ip.FIDInceptionC(768, channels_7x7=192)),
+                        ("Mixed_7b", ip.FIDInceptionE_1(1280)), ("Mixed_7c", ip.FIDInceptionE_2(2048))):
+        setattr(net, name, block)
+    path = Path(torch_home) / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
     return path

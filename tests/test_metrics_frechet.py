@@ -213,6 +213,21 @@ def test_fid_from_images_through_clip_features(tmp_path):
     assert abs(same.compute().value) < 1e-6
 
 
+def test_legacy_pytorch_mode_loads_pytorch_fid_weights_from_the_hub_cache(tmp_path, monkeypatch):
+    from metrics.features.inception import InceptionFeatures
+    from metrics.testing import random_pytorch_fid_inception
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    random_pytorch_fid_inception(tmp_path)
+    extractor = InceptionFeatures("legacy_pytorch", root=tmp_path / "unused")
+    images = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(0))
+    feats = extractor(images)
+    assert feats.shape == (2, 2048) and feats.dtype == torch.float64 and torch.isfinite(feats).all()
+    assert extractor.preprocess(images).shape == (2, 3, 299, 299)  # torch bilinear resize outside the network
+    assert torch.allclose(extractor(images[1:]), feats[1:], rtol=1e-5, atol=1e-6)  # batch-independent
+    assert extractor.net.training is False
+
+
 def test_missing_inception_weights_name_the_file(tmp_path):
     from metrics.features.inception import InceptionFeatures
     from metrics.features.local import MissingWeightsError
