@@ -85,9 +85,11 @@ def score_captions(predictions: Mapping[str, str], references: Mapping[str, Sequ
     for key, refs in references.items():
         if isinstance(refs, str) or not refs:
             raise ValueError(f"references of {key!r} must be a non-empty list of strings")
-    if tokenize:
-        res = ptb_tokenize({k: [v] for k, v in predictions.items()})
-        gts = ptb_tokenize(references)
+    if tokenize:  # one Java call for predictions and references
+        merged = {**{f"p|{k}": [v] for k, v in predictions.items()}, **{f"r|{k}": list(v) for k, v in references.items()}}
+        tokens = ptb_tokenize(merged)
+        res = {k: tokens[f"p|{k}"] for k in predictions}
+        gts = {k: tokens[f"r|{k}"] for k in references}
     else:
         res, gts = {k: [v] for k, v in predictions.items()}, {k: list(v) for k, v in references.items()}
     out: dict[str, tuple[float, list[float] | None]] = {}

@@ -85,8 +85,8 @@ def _read_outputs(folder: Path, records: Sequence[Record], outputs: Sequence[str
         if m != "text":
             shapes = {tuple(v.shape) for v in loaded}
             if len(shapes) != 1:
-                raise ValueError(f"{m} samples in {folder} differ in shape ({sorted(shapes)[:3]}); "
-                                 "resize them to one size first")
+                fix = "trim or pad them to one length" if m == "audio" else "resize them to one size"
+                raise ValueError(f"{m} samples in {folder} differ in shape ({sorted(shapes)[:3]}); {fix} first")
             import torch
 
             loaded = torch.stack(loaded)
