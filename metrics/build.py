@@ -1,10 +1,14 @@
 """The metric kinds a task may list (``METRICS`` registry) and how each is built and fed.
 
 A kind is a :class:`MetricKind`: its direction, default operands, valid
-options, and ``build(spec, ctx) -> scorer``. A scorer has
-``update(batch: Batch)``, ``compute(skipped: dict) -> {name: MetricValue}`` and
-``reference_modalities`` (the dataset references its updates need; empty for a
-cached FID reference).
+options, and ``build(spec, ctx) -> scorer``. A scorer works in two stages,
+so that features can be extracted on many ranks and scored on one:
+``extract(batch: Batch) -> {field: [per-sample array] * B}`` and
+``compute({field: [array] * N}, ids, skipped) -> {name: MetricValue}`` over the
+whole set in id order; ``reference_modalities`` are the dataset references its
+extraction needs (empty for a cached FID reference), ``fields`` the per-sample
+arrays it stores (under ``<key>/<field>`` in :mod:`metrics.store`) and
+``settings()`` what its features depend on (extractor identity, options).
 Feature extractors come from the :class:`Context`: built lazily from local
 weights the first time a metric needs them, shared between metrics (one
 CLIP for ``clip_score`` and ``clipsim``, one Inception for ``fid`` and
@@ -31,12 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 
 from metrics.base import MetricValue
 from metrics.registry import METRICS
 
-__all__ = ["Batch", "Context", "MetricKind", "build_scorers", "CAPTION_KINDS"]
+__all__ = ["Batch", "Context", "MetricKind", "build_scorers", "scorer_names", "CAPTION_KINDS"]
 
 CAPTION_KINDS = ("cider", "bleu4", "meteor", "rouge_l", "spice", "spider")
 
@@ -170,20 +175,40 @@ def _register(kind: str, higher_is_better: bool, *, between=None, options=(), ne
     return decorator
 
 
-# ------------------------------------------------------------------ image: FID / KID
+# ------------------------------------------------------------------ the scorer protocol
+# A scorer works in two stages so that features can be extracted on many ranks and scored on one:
+#   extract(batch) -> {field: [per-sample array] * B}   features of one batch, one entry per sample;
+#   compute({field: [array] * N}, ids, skipped) -> {name: MetricValue}   the whole set, in id order.
+# ``key`` prefixes the fields in the per-sample feature files (metrics.store); ``fields`` lists them;
+# ``settings()`` is what the features depend on beyond the task and dataset (recorded in
+# features/settings.json). Arrays may be float (checked for NaN/inf by the evaluator) or strings.
+
+
+def _rows(x: np.ndarray) -> list[np.ndarray]:
+    return [np.asarray(r) for r in x]
+
+
+def _extractor_id(extractor: Any) -> str:
+    return str(getattr(extractor, "id", type(extractor).__name__))
+
+
 class _FrechetScorer:
-    """FID or KID of ``output.image`` against the dataset's images; FID reference statistics cached."""
+    """FID or KID of ``output.image`` against the dataset's images; FID reference statistics cached.
+
+    Fields: ``gen`` ``[D]`` float64 features of the generated image; ``ref`` ``[D]`` of the sample's
+    reference image (absent when the reference statistics come from the cache).
+    """
 
     def __init__(self, spec, ctx: Context, metric):
         self.spec, self.ctx, self.metric = spec, ctx, metric
+        self.key = spec.name
         self.cache_path: Path | None = None
         self.reference_fixed = False
         if spec.metric == "fid" and ctx.cache_dir and ctx.reference_id:
             from metrics.fid import reference_stats_name
             from metrics.frechet import load_stats
 
-            extractor = metric.extractor
-            name = reference_stats_name(extractor_id=getattr(extractor, "id", "custom"), **ctx.reference_id)
+            name = reference_stats_name(extractor_id=_extractor_id(metric.extractor), **ctx.reference_id)
             self.cache_path = Path(ctx.cache_dir) / "fid_stats" / name
             if self.cache_path.is_file():
                 metric.set_reference(load_stats(self.cache_path))
@@ -193,18 +218,34 @@ class _FrechetScorer:
     def reference_modalities(self) -> set[str]:
         return set() if self.reference_fixed else {"image"}
 
-    def update(self, batch: Batch) -> None:
-        self.metric.update(batch.operand("output.image"))
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return ("gen",) if self.reference_fixed else ("gen", "ref")
+
+    def settings(self) -> dict[str, Any]:
+        return {"metric": self.spec.metric, "options": self.spec.options,
+                "extractor": _extractor_id(self.metric.extractor)}
+
+    def extract(self, batch: Batch) -> dict[str, list[np.ndarray]]:
+        from metrics.fid import _features
+
+        out = {"gen": _rows(_features(self.metric.extractor, batch.operand("output.image"), None))}
         if not self.reference_fixed:
             if "image" not in batch.references:
                 raise ValueError(f"{self.spec.name} needs reference images, but the dataset gives none")
-            self.metric.update_reference(batch.references["image"])
+            out["ref"] = _rows(_features(self.metric.extractor, batch.references["image"], None))
+        return out
 
-    def compute(self, skipped: dict[str, str]) -> dict[str, MetricValue]:
-        if self.cache_path is not None and not self.reference_fixed and self.metric.reference.n >= 2:
-            from metrics.frechet import save_stats
+    def compute(self, feats: dict[str, list[np.ndarray]], ids: list[str], skipped: dict[str, str]
+                ) -> dict[str, MetricValue]:
+        self.metric.reset()
+        self.metric.update(features=np.stack(feats["gen"]))
+        if not self.reference_fixed:
+            self.metric.update_reference(features=np.stack(feats["ref"]))
+            if self.cache_path is not None and self.metric.reference.n >= 2:
+                from metrics.frechet import save_stats
 
-            save_stats(self.metric.reference.stats(), self.cache_path, name=self.cache_path.name)
+                save_stats(self.metric.reference.stats(), self.cache_path, name=self.cache_path.name)
         return {self.spec.name: self.metric.compute()}
 
 
@@ -232,16 +273,38 @@ def _build_kid(spec, ctx: Context):
 
 # ------------------------------------------------------------------ CLIPScore / CLIPSIM / SIM
 class _PairScorer:
+    """A metric that is the mean of per-sample scores of two operands. Field: ``score`` ``[]`` float64."""
+
     reference_modalities: set[str] = set()
+    fields = ("score",)
 
-    def __init__(self, spec, metric, first: str, second: str, call: Callable):
+    def __init__(self, spec, metric, first: str, second: str, call: Callable, settings: dict[str, Any]):
         self.spec, self.metric, self.first, self.second, self.call = spec, metric, first, second, call
+        self.key, self._settings = spec.name, settings
 
-    def update(self, batch: Batch) -> None:
+    def settings(self) -> dict[str, Any]:
+        return {"metric": self.spec.metric, "between": list(self.spec.between or ()), "options": self.spec.options,
+                **self._settings}
+
+    def extract(self, batch: Batch) -> dict[str, list[np.ndarray]]:
+        self.metric.reset()
         self.call(self.metric, batch.operand(self.first), batch.operand(self.second))
+        scores = torch.cat(self.metric.scores).double().numpy()  # (B,)
+        self.metric.reset()
+        return {"score": _rows(scores)}
 
-    def compute(self, skipped) -> dict[str, MetricValue]:
-        return {self.spec.name: self.metric.compute()}
+    def compute(self, feats, ids, skipped) -> dict[str, MetricValue]:
+        self.metric.reset()
+        self.metric.scores = [torch.from_numpy(np.asarray(feats["score"], dtype=np.float64).reshape(-1))]
+        try:
+            return {self.spec.name: self.metric.compute()}
+        finally:
+            self.metric.reset()
+
+
+def _clip_settings(ctx: Context) -> dict[str, Any]:
+    enc = ctx.clip_encoder()
+    return {"encoder": _extractor_id(enc), "model": str(getattr(enc, "path", ctx.clip_model)), "dtype": str(ctx.dtype)}
 
 
 @_register("clip_score", True, between=("input.text", "output.image"), needs_output="image")
@@ -249,7 +312,8 @@ def _build_clip_score(spec, ctx: Context):
     from metrics.clip_score import CLIPScore
 
     text, image = sorted(spec.between, key=lambda s: s.endswith(".image"))
-    return _PairScorer(spec, CLIPScore(ctx.clip_encoder()), image, text, lambda m, i, t: m.update(i, t))
+    return _PairScorer(spec, CLIPScore(ctx.clip_encoder()), image, text, lambda m, i, t: m.update(i, t),
+                       _clip_settings(ctx))
 
 
 @_register("clipsim", True, between=("input.text", "output.video"), needs_output="video")
@@ -257,7 +321,8 @@ def _build_clipsim(spec, ctx: Context):
     from metrics.clip_score import CLIPSIM
 
     text, video = sorted(spec.between, key=lambda s: s.endswith(".video"))
-    return _PairScorer(spec, CLIPSIM(ctx.clip_encoder()), video, text, lambda m, v, t: m.update(v, t))
+    return _PairScorer(spec, CLIPSIM(ctx.clip_encoder()), video, text, lambda m, v, t: m.update(v, t),
+                       _clip_settings(ctx))
 
 
 @_register("sim", True)
@@ -267,29 +332,49 @@ def _build_sim(spec, ctx: Context):
     a, b = (s.split(".")[1] for s in spec.between)
     metric = SIM(a, b, ctx.sim_embed(tuple(sorted((a, b)))))
     first, second = spec.between
+    if "sim_embed" in ctx.overrides:
+        source = {"embedder": "override:" + _extractor_id(ctx.overrides["sim_embed"])}
+    elif ctx.sim_embedder == "evaluator":
+        source = {"embedder": "evaluator", "clip_model": ctx.clip_model, "clap_model": ctx.clap_model}
+    else:  # the generator's own encoders (its identity is in the run folder's name) or the checkpoint's
+        source = {"embedder": ctx.sim_embedder,
+                  "encoders": "generator" if ctx.codi_encoders is not None else str(ctx.checkpoint)}
     return _PairScorer(spec, metric, first, second,
-                       lambda m, x, y: m.update({first.split(".")[1]: x, second.split(".")[1]: y}))
+                       lambda m, x, y: m.update({first.split(".")[1]: x, second.split(".")[1]: y}),
+                       {**source, "dtype": str(ctx.dtype)})
 
 
 # ------------------------------------------------------------------ FAD
 class _FadScorer:
+    """FAD of ``output.audio``. Fields: ``gen`` and ``ref`` ``[K, D]`` float64 frame embeddings of the clip."""
+
     reference_modalities = {"audio"}
+    fields = ("gen", "ref")
 
     def __init__(self, spec, ctx: Context):
         from metrics.fad import FAD, EmbeddingCache
 
         embedder = ctx.audio_embedder(spec.options.get("model", ctx.fad_model))
-        cache = EmbeddingCache(Path(ctx.cache_dir) / "audio_embeddings", getattr(embedder, "id", "custom")) \
+        cache = EmbeddingCache(Path(ctx.cache_dir) / "audio_embeddings", _extractor_id(embedder)) \
             if ctx.cache_dir else None
-        self.spec, self.metric = spec, FAD(embedder, cache=cache, min_frames=spec.options.get("min_frames"))
+        self.spec, self.key = spec, spec.name
+        self.metric = FAD(embedder, cache=cache, min_frames=spec.options.get("min_frames"))
 
-    def update(self, batch: Batch) -> None:
-        self.metric.update(batch.operand("output.audio"), batch.output_keys.get("audio"))
+    def settings(self) -> dict[str, Any]:
+        return {"metric": self.spec.metric, "options": self.spec.options,
+                "embedder": _extractor_id(self.metric.embedder)}
+
+    def extract(self, batch: Batch) -> dict[str, list[np.ndarray]]:
+        gen = self.metric.embed(batch.operand("output.audio"), batch.output_keys.get("audio"))
         if "audio" not in batch.references:
             raise ValueError(f"{self.spec.name} needs reference audio, but the dataset gives none")
-        self.metric.update_reference(batch.references["audio"], batch.reference_keys.get("audio"))
+        ref = self.metric.embed(batch.references["audio"], batch.reference_keys.get("audio"))
+        return {"gen": [np.atleast_2d(e) for e in gen], "ref": [np.atleast_2d(e) for e in ref]}
 
-    def compute(self, skipped) -> dict[str, MetricValue]:
+    def compute(self, feats, ids, skipped) -> dict[str, MetricValue]:
+        self.metric.reset()
+        self.metric.update_embeddings(feats["gen"])
+        self.metric.update_reference_embeddings(feats["ref"])
         return {self.spec.name: self.metric.compute()}
 
 
@@ -301,7 +386,12 @@ def _build_fad(spec, ctx: Context):
 
 # ------------------------------------------------------------------ captions (one shared pass)
 class _CaptionScorer:
+    """All caption metrics of a task in one pycocoevalcap pass. Fields: ``pred`` (the generated caption) and
+    ``refs`` (the reference captions), as strings."""
+
     reference_modalities = {"text"}
+    fields = ("pred", "refs")
+    key = "captions"
 
     def __init__(self, specs):
         from metrics.captions import CaptionMetrics
@@ -309,12 +399,20 @@ class _CaptionScorer:
         self.specs = list(specs)
         self.metric = CaptionMetrics([s.metric for s in self.specs])
 
-    def update(self, batch: Batch) -> None:
+    def settings(self) -> dict[str, Any]:
+        return {"metrics": sorted(s.metric for s in self.specs), "tokenizer": "ptb"}
+
+    def extract(self, batch: Batch) -> dict[str, list[np.ndarray]]:
         if "text" not in batch.references:
             raise ValueError("caption metrics need reference captions, but the dataset gives none")
-        self.metric.update(batch.ids, batch.operand("output.text"), batch.references["text"])
+        preds = batch.operand("output.text")
+        return {"pred": [np.array(str(p)) for p in preds],
+                "refs": [np.array([str(c) for c in refs]) for refs in batch.references["text"]]}
 
-    def compute(self, skipped) -> dict[str, MetricValue]:
+    def compute(self, feats, ids, skipped) -> dict[str, MetricValue]:
+        self.metric.reset()
+        self.metric.update(ids, [str(p.item()) for p in feats["pred"]], [list(map(str, r.tolist()))
+                                                                         for r in feats["refs"]])
         raw_skipped: dict[str, str] = {}
         values = self.metric.compute(raw_skipped)
         out = {}
@@ -328,6 +426,11 @@ class _CaptionScorer:
 
 for _kind in CAPTION_KINDS:
     _register(_kind, True, needs_output="text")(lambda spec, ctx: None)
+
+
+def scorer_names(scorer) -> list[str]:
+    """The metric names a scorer produces."""
+    return [s.name for s in scorer.specs] if isinstance(scorer, _CaptionScorer) else [scorer.spec.name]
 
 
 def build_scorers(task, ctx: Context) -> list:

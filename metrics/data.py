@@ -16,6 +16,15 @@ an adapter option, overridable in the task YAML's ``dataset.options``):
   line: ``{"id": "...", "text": "..." or [...], "image": "a.png", "audio": "a.wav",
   "video": "a.mp4"}``; media paths relative to the manifest's folder.
 
+Paths from a dataset's own files never leave the data root: a manifest path
+that is absolute or climbs out with ``..`` (lexically; symlinks inside the root
+are followed as usual), a COCO ``file_name`` leaving the image folder, or an id
+with a path separator that is formatted into a file name is a
+:class:`DatasetError`. The base for a JSONL manifest is the data root when the
+manifest lies inside it, else the manifest's folder. (Paths given as adapter
+options in a task file or on the command line are the user's own and may point
+anywhere.)
+
 Records are sorted by id and the first ``num_samples`` are used (a fixed,
 seed-independent selection). Generator inputs: the *first* caption of a
 record for text; images centre-cropped and resized to ``image_size``; videos
@@ -68,6 +77,33 @@ def data_root(option: str | os.PathLike | None) -> Path:
     return root
 
 
+def _lexical(path: Path) -> Path:
+    return Path(os.path.normpath(os.path.abspath(path)))
+
+
+def inside(base: Path, relative: Any, where: str, *, relative_to: Path | None = None) -> Path:
+    """``relative_to / relative`` (default ``base / relative``) if ``relative`` is a relative path and the
+    result stays inside ``base`` (compared lexically); else DatasetError naming ``where``."""
+    start = base if relative_to is None else relative_to
+    if not isinstance(relative, str) or not relative:
+        raise DatasetError(f"{where}: a path must be a non-empty string, got {relative!r}")
+    rel = Path(relative)
+    if rel.is_absolute() or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
+        raise DatasetError(f"{where}: path {relative!r} is absolute; dataset paths must be relative to {base}")
+    full, root = _lexical(start / rel), _lexical(base)
+    if full != root and root not in full.parents:
+        raise DatasetError(f"{where}: path {relative!r} escapes the data root {root} (resolves to {full})")
+    return start / rel
+
+
+def _safe_field(value: Any, where: str) -> str:
+    """An id formatted into a file name: no path separators, not ``.`` or ``..``."""
+    text = str(value)
+    if not text or "/" in text or "\\" in text or text in (".", "..") or "\0" in text:
+        raise DatasetError(f"{where}: id {text!r} cannot be used in a file name (it would escape the data root)")
+    return text
+
+
 def _need(path: Path, what: str) -> Path:
     if not path.exists():
         raise DatasetError(f"{what} not found: {path}")
@@ -94,6 +130,7 @@ class _Adapter:
         self.options = {**COMMON_OPTIONS, **self.defaults, **options}
 
     def path(self, key: str, **fields: str) -> Path:
+        fields = {k: _safe_field(v, f"{self.kind} dataset") for k, v in fields.items()}
         p = Path(str(self.options[key]).format(split=self.split, **fields))
         return p if p.is_absolute() else self.root / p
 
@@ -115,7 +152,8 @@ class CocoCaptions(_Adapter):
         caps: dict[Any, list[str]] = {}
         for a in data["annotations"]:
             caps.setdefault(a["image_id"], []).append(a["caption"].strip())
-        return sorted((Record(str(im["id"]), caps.get(im["id"], []), {"image": images / im["file_name"]})
+        return sorted((Record(str(im["id"]), caps.get(im["id"], []),
+                              {"image": inside(images, im["file_name"], f"{ann} (image id {im['id']})")})
                        for im in data["images"]), key=lambda r: r.id)
 
 
@@ -165,6 +203,8 @@ class JsonlManifest(_Adapter):
 
     def records(self) -> list[Record]:
         manifest = _need(self.path("path"), "JSONL manifest")
+        mroot, droot = _lexical(manifest.parent), _lexical(self.root)
+        base = self.root if (mroot == droot or droot in mroot.parents) else manifest.parent
         out, seen = [], set()
         for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
@@ -183,7 +223,8 @@ class JsonlManifest(_Adapter):
             seen.add(key)
             text = row.get("text", [])
             captions = [text] if isinstance(text, str) else list(text)
-            files = {m: (manifest.parent / row[m]) for m in ("image", "audio", "video") if m in row}
+            files = {m: inside(base, row[m], f"{manifest}:{number}", relative_to=manifest.parent)
+                     for m in ("image", "audio", "video") if m in row}
             out.append(Record(key, captions, files))
         return sorted(out, key=lambda r: r.id)
 

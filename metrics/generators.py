@@ -32,7 +32,7 @@ import torch
 
 from metrics.registry import GENERATORS
 
-__all__ = ["DummyGenerator", "build_codi", "check_outputs", "MODES"]
+__all__ = ["DummyGenerator", "build_codi", "check_outputs", "nonfinite_rows", "resolve_generator", "MODES"]
 
 MODES = ("joint", "independent")
 _WORDS = ("a red dog", "a blue car", "a small bird", "an old man", "a green field", "a loud train", "the sea",
@@ -119,8 +119,15 @@ def build_dummy(**options: Any) -> DummyGenerator:
 
 @GENERATORS.register("codi")
 def build_codi(checkpoint: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
-               outputs: Sequence[str] | None = None, **_: Any):
-    """``CoDiPipeline.from_pretrained(checkpoint, device=..., dtype=...)`` (lazy import of the model)."""
+               outputs: Sequence[str] | None = None, preset: str | None = None, **_: Any):
+    """``CoDiPipeline.from_pretrained(checkpoint, device=..., dtype=...)`` (lazy import of the model).
+
+    ``preset`` (default ``official``) names the architecture the release-format files are loaded into;
+    small presets (``tiny``) load checkpoints written in the release's format by tests. Loading goes
+    through ``codi.checkpoint.read_state_dict``: safetensors or ``torch.load(weights_only=True)``, so a
+    file holding pickled code is refused; missing, truncated or mis-shaped files raise
+    ``CheckpointError`` naming the file and the tensors.
+    """
     if checkpoint is None:
         raise ValueError("the codi generator needs --checkpoint DIR (the folder with the release's CoDi_*.pth "
                          "files); for the embedded small model use --generator codi-nano")
@@ -132,6 +139,8 @@ def build_codi(checkpoint: str | None = None, device: str = "cpu", dtype: torch.
     kwargs: dict[str, Any] = dict(device=device, dtype=dtype)
     if outputs is not None and "outputs" in inspect.signature(CoDiPipeline.from_pretrained).parameters:
         kwargs["outputs"] = list(outputs)  # read only the UNets the task needs
+    if preset is not None:
+        kwargs["preset"] = preset
     return CoDiPipeline.from_pretrained(checkpoint, **kwargs)
 
 
@@ -156,21 +165,25 @@ build_codi_nano.default_checkpoint = _nano_dir  # hashed into results and the sa
 
 
 @GENERATORS.register("codi-random")
-def build_codi_random(preset: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
-                      **_: Any):
+def build_codi_random(preset: str | None = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
+                      seed: int = 0, **_: Any):
     """``CoDiPipeline.from_config(preset)``: the real pipeline with random (seeded) weights, for smoke runs."""
     try:
         from codi.pipeline import CoDiPipeline
     except ImportError as error:
         raise RuntimeError(f"the codi-random generator needs codi.pipeline.CoDiPipeline: {error}") from error
-    return CoDiPipeline.from_config(preset, device=device, dtype=dtype, seed=seed)
+    return CoDiPipeline.from_config(preset or "tiny", device=device, dtype=dtype, seed=seed)
 
 
 _SHAPES = {"image": (4, "[B, 3, H, W]"), "video": (5, "[B, F, 3, H, W]"), "audio": (2, "[B, T]")}
 
 
 def check_outputs(result: Any, outputs: Sequence[str], batch: int) -> dict[str, Any]:
-    """Check a generator's result against the value conventions; a clear error names the first problem."""
+    """Check a generator's result against the value conventions; a clear error names the first problem.
+
+    NaN or infinite values are not an error here: :func:`nonfinite_rows` finds them, and the evaluator
+    counts, reports and (unless allowed) fails on them after the whole set is done.
+    """
     if not isinstance(result, dict):
         raise TypeError(f"generate() must return a dict, got {type(result).__name__}")
     missing = [m for m in outputs if m not in result]
@@ -189,9 +202,40 @@ def check_outputs(result: Any, outputs: Sequence[str], batch: int) -> dict[str, 
                                  f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
             if m in ("image", "video") and v.shape[-3] != 3:
                 raise ValueError(f"{m} output must have 3 channels, got shape {tuple(v.shape)}")
-            if not torch.isfinite(v).all():
-                raise ValueError(f"{m} output has NaN or infinite values")
             n = v.shape[0]
         if n != batch:
             raise ValueError(f"{m} output has {n} samples for a batch of {batch}")
     return {m: result[m] for m in outputs}
+
+
+def nonfinite_rows(outputs: dict[str, Any]) -> dict[int, list[str]]:
+    """Rows of batch-first outputs holding NaN or infinite values -> the modalities affected."""
+    bad: dict[int, list[str]] = {}
+    for m, v in outputs.items():
+        if isinstance(v, torch.Tensor):
+            finite = torch.isfinite(v.reshape(v.shape[0], -1)).all(dim=1)
+            for i in (~finite).nonzero().flatten().tolist():
+                bad.setdefault(i, []).append(m)
+    return dict(sorted(bad.items()))
+
+
+def resolve_generator(name: str):
+    """A registered generator's builder, or ``module.path:callable`` imported from the Python path.
+
+    The callable is called like the registered builders (``checkpoint, device, dtype, outputs, preset,
+    seed`` as keyword arguments) and returns an object with ``generate(...)`` (see the module docstring).
+    """
+    if ":" not in name:
+        return GENERATORS.get(name)
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"generator {name!r}: cannot import module {module_name!r} ({error}); registered "
+                         f"generators are: {', '.join(GENERATORS.names())}") from None
+    build = getattr(module, attr, None)
+    if not callable(build):
+        raise ValueError(f"generator {name!r}: {module_name} has no callable {attr!r}")
+    return build

@@ -18,13 +18,27 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["AUDIO_RATE", "EXTENSIONS", "atomic_path", "save_sample", "load_sample", "load_image", "load_audio",
+__all__ = ["AUDIO_RATE", "EXTENSIONS", "MediaError", "atomic_path", "save_sample", "load_sample", "load_image", "load_audio",
            "load_video", "square_resize", "fit_audio", "sample_frames"]
 
 AUDIO_RATE = 16000
 EXTENSIONS = {"image": ".png", "audio": ".wav", "video": ".mp4", "text": ".txt"}
 READABLE = {"image": (".png", ".jpg", ".jpeg", ".bmp", ".webp"), "audio": (".wav", ".flac", ".ogg"),
             "video": (".mp4", ".avi", ".webm", ".mkv", ".gif"), "text": (".txt",)}
+
+
+class MediaError(ValueError):
+    """A media file is empty, truncated or not in a readable format; the message names the file."""
+
+
+def _readable(path: str | os.PathLike, what: str) -> Path:
+    """``path`` if it is a non-empty file; else FileNotFoundError / MediaError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file not found: {path}")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{what} file {path} is empty (0 bytes): a truncated copy or an interrupted write?")
+    return path
 
 
 @contextmanager
@@ -99,11 +113,12 @@ def _write_mp4(frames: np.ndarray, path: Path, fps: int = 8) -> None:
 def load_image(path: str | os.PathLike) -> torch.Tensor:
     from PIL import Image
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    with Image.open(path) as img:
-        array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    path = _readable(path, "image")
+    try:
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, ValueError, SyntaxError) as error:  # PIL: UnidentifiedImageError, truncated data
+        raise MediaError(f"cannot read image file {path} (truncated or not an image?): {error}") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -112,10 +127,13 @@ def load_audio(path: str | os.PathLike) -> torch.Tensor:
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
-    data, rate = sf.read(str(path), dtype="float64", always_2d=True)  # (T, C)
+    path = _readable(path, "audio")
+    try:
+        data, rate = sf.read(str(path), dtype="float64", always_2d=True)  # (T, C)
+    except (RuntimeError, OSError, ValueError) as error:  # soundfile.LibsndfileError is a RuntimeError
+        raise MediaError(f"cannot read audio file {path} (truncated or not a WAV/FLAC/OGG file?): {error}") from None
+    if data.shape[0] == 0:
+        raise MediaError(f"audio file {path} holds no samples")
     wave = data.mean(axis=1)
     if rate != AUDIO_RATE:
         g = gcd(rate, AUDIO_RATE)
@@ -127,19 +145,29 @@ def load_video(path: str | os.PathLike) -> torch.Tensor:
     """All frames ``[F, 3, H, W]`` in [0, 1] (PyAV)."""
     import av
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video file not found: {path}")
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    path = _readable(path, "video")
+    try:
+        with av.open(str(path)) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as error:  # IndexError: no video stream
+        raise MediaError(f"cannot read video file {path} (truncated or not a video?): {error}") from None
     if not frames:
-        raise ValueError(f"video {path} has no frames")
+        raise MediaError(f"video {path} has no frames")
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div(255)
 
 
 def load_sample(modality: str, path: str | os.PathLike):
+    """One sample file (see the module docstring for the value conventions).
+
+    A text sample is the file's content stripped of surrounding whitespace; a 0-byte file is an
+    error (the writer always ends a caption with a newline, so an empty caption is one byte).
+    """
     if modality == "text":
-        return Path(path).read_text(encoding="utf-8").strip()
+        path = _readable(path, "text")
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except UnicodeDecodeError as error:
+            raise MediaError(f"text sample {path} is not UTF-8: {error}") from None
     return {"image": load_image, "audio": load_audio, "video": load_video}[modality](path)
 
 

@@ -2,6 +2,7 @@
 
     python -m metrics.run --task text2video+audio --checkpoint ckpt/ --data-root data/ --num-samples 100
     python -m metrics.run --task text2image --samples-dir other_model/ --data-root data/   # score files only
+    torchrun --nproc_per_node 8 -m metrics.run --task text2image --checkpoint ckpt/ --device cuda   # sharded
 
 Samples go to ``<output>/<settings>/<mode>/<id>.{png,wav,mp4,txt}`` where
 ``<settings>`` encodes everything that changes them (task and version,
@@ -10,6 +11,15 @@ generator, checkpoint hash prefix, sampler, steps, guidance, seed); results to
 printed. Weights for the metrics are looked up locally only
 (``python -m metrics.weights`` lists them); the data root is ``--data-root`` or
 ``$CODI_DATA_ROOT``.
+
+Under ``torchrun`` (any number of processes and nodes) the sorted records are
+split into one contiguous block per rank; each rank generates, saves and
+extracts its block, rank 0 gathers the features, scores and writes the results
+(:mod:`metrics.distributed`). A run that is stopped (even by SIGKILL) resumes
+when started again with the same options: finished samples and their cached
+features are reused (:mod:`metrics.store`). The run folder's ``settings.json``
+and ``features/settings.json`` record what produced them; a run with other
+settings is refused with the differences rather than mixed in.
 """
 from __future__ import annotations
 
@@ -22,12 +32,15 @@ from pathlib import Path
 
 import torch
 
+from metrics import distributed
 from metrics.build import Context
 from metrics.data import COMMON_OPTIONS, DatasetError, data_root, ids_digest, load_records
-from metrics.evaluate import Settings, as_dicts, evaluate, reference_modalities
+from metrics.evaluate import RunInfo, Settings, as_dicts, evaluate, reference_modalities
 from metrics.features.local import MissingWeightsError
-from metrics.registry import EMBEDDERS, GENERATORS
+from metrics.generators import resolve_generator
+from metrics.registry import EMBEDDERS
 from metrics.results import build_results, checkpoint_hashes, write_results
+from metrics.store import check_settings
 from metrics.task import SAMPLERS, TaskError, available_tasks, load_task
 
 DEFAULT_GENERATOR = "codi"
@@ -41,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m metrics.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help="task name or YAML path (" + ", ".join(available_tasks()) + ")")
-    p.add_argument("--generator", default=DEFAULT_GENERATOR, help=f"registered generator (default {DEFAULT_GENERATOR})")
+    p.add_argument("--generator", default=DEFAULT_GENERATOR,
+                   help=f"registered generator (default {DEFAULT_GENERATOR}) or module.path:callable")
     p.add_argument("--checkpoint", help="checkpoint folder or file of the generator")
-    p.add_argument("--preset", default="tiny", help="model preset of the codi-random generator (default tiny)")
+    p.add_argument("--preset", help="model preset: codi-random's architecture (default tiny), or the architecture "
+                                    "the codi generator loads release-format files into (default official)")
     p.add_argument("--data-root", help="dataset root (default $CODI_DATA_ROOT)")
     p.add_argument("--manifest", help="JSONL manifest replacing the task's dataset (a custom prompt set)")
     p.add_argument("--num-samples", type=int, help="number of samples (default: the task's)")
@@ -65,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clap-model", help="CLAP directory or cached hub id for the evaluator SIM")
     p.add_argument("--fad-model", choices=("vggish", "pann"), default="vggish")
     p.add_argument("--sim-embedder", default="codi", help="SIM encoders: codi (default) or evaluator")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="score without samples whose outputs or features have NaN/inf values (counted in the "
+                        "results) instead of failing")
+    p.add_argument("--dist-timeout", type=float, default=24 * 60,
+                   help="minutes a torchrun rank waits for the others at a collective (default 1440)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -100,7 +120,9 @@ def _print_table(doc: dict, path: Path) -> None:
                 print(f"{mode:12s} {name:24s} {value}{err}" + ("" if m["reliable"] else f"  ({m['note']})"))
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace, env: distributed.DistEnv | None = None) -> Path | None:
+    """One evaluation; under torchrun every rank calls it with its :class:`DistEnv` (results on rank 0 only)."""
+    env = env or distributed.DistEnv(device=args.device)
     task = load_task(args.task)
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
@@ -124,12 +146,13 @@ def run(args: argparse.Namespace) -> Path:
     wanted = args.num_samples or task.dataset.num_samples
     needs = set(task.inputs) | set(reference_modalities(task))
     records, available = load_records(kind, root, split, options, wanted, needs)
-    if len(records) < wanted:
+    if len(records) < wanted and env.is_root:
         print(f"warning: {task.name}: only {len(records)} of the {wanted} requested samples are available",
               file=sys.stderr)
 
     # generator or existing samples
     dtype = DTYPES[args.dtype]
+    device = env.device
     generator, hashes, samples_from, checkpoint = None, {}, None, args.checkpoint
     if args.samples_dir:
         samples_from = Path(args.samples_dir)
@@ -137,24 +160,36 @@ def run(args: argparse.Namespace) -> Path:
             raise FileNotFoundError(f"--samples-dir {samples_from} is not a folder")
         gen_name = "samples:" + samples_from.resolve().name
         run_dir = output / _slug(f"{task.name}-v{task.version}-scored-{samples_from.resolve().name}")
+        sample_settings = {"task": task.name, "task_version": task.version, "outputs": list(task.outputs),
+                           "samples_dir": str(samples_from.resolve())}
     else:
-        gen_name = args.generator + (f"-{args.preset}" if args.generator == "codi-random" else "")
-        build = GENERATORS.get(args.generator)
+        preset = args.preset or ("tiny" if args.generator == "codi-random" else None)
+        gen_name = args.generator + (f"-{preset}" if preset and preset != "official" else "")
+        build = resolve_generator(args.generator)
         if checkpoint is None and hasattr(build, "default_checkpoint"):
             checkpoint = build.default_checkpoint()
         try:
-            generator = build(checkpoint=checkpoint, device=args.device, dtype=dtype, outputs=list(task.outputs),
-                              preset=args.preset, seed=args.seed)
+            generator = build(checkpoint=checkpoint, device=device, dtype=dtype, outputs=list(task.outputs),
+                              preset=preset, seed=args.seed)
         except (ValueError, RuntimeError, FileNotFoundError):
             raise
         except Exception as error:  # noqa: BLE001 (model loaders raise their own types)
             raise RuntimeError(f"cannot build generator {args.generator!r}: {error}") from error
         hashes = checkpoint_hashes(checkpoint, cache_dir)
         run_dir = output / settings_name(task, gen_name, hashes, sampler, steps, guidance, args.seed, args.dtype)
+        prep = {**COMMON_OPTIONS, **options}
+        input_prep = {k: prep[k] for k, m in (("image_size", "image"), ("video_size", "video"),
+                                              ("num_frames", "video"), ("audio_seconds", "audio")) if m in task.inputs}
+        sample_settings = {"task": task.name, "task_version": task.version, "inputs": list(task.inputs),
+                           "outputs": list(task.outputs), "generator": gen_name, "preset": preset,
+                           "checkpoint_sha256": hashes, "sampler": sampler, "steps": steps,
+                           "guidance_scale": guidance, "seed": args.seed, "dtype": args.dtype,
+                           "input_preprocessing": input_prep}
+    check_settings(run_dir, sample_settings, "samples")
     if args.sim_embedder not in EMBEDDERS:
         EMBEDDERS.get(args.sim_embedder)  # raises with the valid names
 
-    ctx = Context(device=args.device, dtype=dtype, clip_model=args.clip_model, clap_model=args.clap_model,
+    ctx = Context(device=device, dtype=dtype, clip_model=args.clip_model, clap_model=args.clap_model,
                   weights_root=args.weights_dir, fad_model=args.fad_model, sim_embedder=args.sim_embedder,
                   checkpoint=checkpoint, cache_dir=str(cache_dir), batch_size=args.batch_size,
                   codi_encoders=getattr(generator, "encoders", None),
@@ -165,9 +200,12 @@ def run(args: argparse.Namespace) -> Path:
                                                           + [json.dumps(options, sort_keys=True, default=str)])))
     settings = Settings(sampler=sampler, steps=steps, guidance_scale=guidance, seed=args.seed,
                         batch_size=args.batch_size, modes=modes, save_samples=not args.no_save,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, allow_nonfinite=args.allow_nonfinite)
+    info = RunInfo()
     scores = evaluate(task, records, settings, ctx, generator=generator, sample_dir=run_dir,
-                      samples_from=samples_from, dataset_options=options)
+                      samples_from=samples_from, dataset_options=options, dist=env, info=info)
+    if not env.is_root:
+        return None
     doc = build_results(
         task=task.name, task_version=task.version, task_config=task.raw, generator=gen_name,
         checkpoint=checkpoint, checkpoint_sha256=hashes,
@@ -177,8 +215,10 @@ def run(args: argparse.Namespace) -> Path:
                   "requested_samples": wanted, "available_samples": available,
                   "dataset": {"kind": kind, "split": split, "root": str(root)},
                   "samples_dir": str(samples_from if samples_from else run_dir),
-                  "sim_embedder": args.sim_embedder, "fad_model": args.fad_model},
+                  "sim_embedder": args.sim_embedder, "fad_model": args.fad_model,
+                  "allow_nonfinite": args.allow_nonfinite},
         metrics=as_dicts(scores))
+    doc["run"] = info.to_dict()  # world size, samples made now / reused from the cache, non-finite exclusions
     path = write_results(doc, run_dir / "results.json")
     _print_table(doc, path)
     print(f"results: {path}")
@@ -187,13 +227,20 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    env = None
     try:
-        run(args)
-    except (TaskError, DatasetError, MissingWeightsError, KeyError, ValueError, FileNotFoundError,
-            RuntimeError) as error:
+        env = distributed.setup(args.device, args.dist_timeout)
+        if args.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
+        run(args, env)
+    except (TaskError, DatasetError, MissingWeightsError, KeyError, ValueError, OSError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+        rank = f"rank {env.rank}: " if env is not None and env.active else ""
+        print(f"error: {rank}{message}", file=sys.stderr)
         return 2
+    finally:
+        if env is not None:
+            distributed.teardown(env)
     return 0
 
 
