@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metrics.features.local import MissingWeightsError, require_file, torch_hub_dir, weights_dir
+from metrics.features.local import MissingWeightsError, require_file, safe_torch_load, torch_hub_dir, weights_dir
 
 __all__ = ["AUDIO_MODELS", "VGGishEmbedder", "PannEmbedder", "audio_weight_paths"]
 
@@ -78,7 +78,7 @@ class PannEmbedder:
         require_file(path, "PANN Cnn14_16k for FAD", source)
         model = Cnn14_16k(sample_rate=16000, window_size=512, hop_size=160, mel_bins=64, fmin=50, fmax=8000,
                           classes_num=527)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = safe_torch_load(path, "PANN Cnn14_16k checkpoint")
         if not isinstance(state, dict) or "model" not in state:
             raise MissingWeightsError(f"{path} is not a PANN checkpoint (expected a dict with a 'model' state dict)")
         model.load_state_dict(state["model"])

@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 
 from metrics.features.clip import _features_tensor
-from metrics.features.local import MissingWeightsError, resolve_hf_dir
+from metrics.features.local import (BadWeightsError, MissingWeightsError, is_unsafe_pickle_error, resolve_hf_dir,
+                                    unsafe_message)
 
 __all__ = ["DEFAULT_CLAP", "ClapEncoder", "resample"]
 
@@ -45,6 +46,10 @@ class ClapEncoder:
             self.model = ClapModel.from_pretrained(path, local_files_only=True, dtype=dtype)
         except OSError as error:
             raise MissingWeightsError(f"CLAP model in {path} is incomplete: {error}") from error
+        except Exception as error:  # noqa: BLE001 (transformers reads .bin files with weights_only=True)
+            if is_unsafe_pickle_error(error):
+                raise BadWeightsError(unsafe_message(path, "CLAP model")) from None
+            raise
         vocab = len(self.processor.tokenizer)
         if vocab < 100:
             raise MissingWeightsError(f"CLAP tokenizer in {path} has only {vocab} tokens: its vocabulary files "

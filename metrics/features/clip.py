@@ -14,7 +14,8 @@ from typing import Sequence
 
 import torch
 
-from metrics.features.local import MissingWeightsError, resolve_hf_dir
+from metrics.features.local import (BadWeightsError, MissingWeightsError, is_unsafe_pickle_error, resolve_hf_dir,
+                                    unsafe_message)
 
 __all__ = ["DEFAULT_CLIP", "ClipEncoder", "to_uint8"]
 
@@ -52,6 +53,10 @@ class ClipEncoder:
             self.model = CLIPModel.from_pretrained(path, local_files_only=True, dtype=dtype)
         except OSError as error:
             raise MissingWeightsError(f"CLIP model in {path} is incomplete: {error}") from error
+        except Exception as error:  # noqa: BLE001 (transformers reads .bin files with weights_only=True)
+            if is_unsafe_pickle_error(error):
+                raise BadWeightsError(unsafe_message(path, "CLIP model")) from None
+            raise
         vocab = len(self.processor.tokenizer)
         if vocab < 100:  # offline, a missing vocabulary yields an empty tokenizer instead of an error
             raise MissingWeightsError(f"CLIP tokenizer in {path} has only {vocab} tokens: vocab.json / merges.txt "

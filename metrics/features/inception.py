@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from metrics.features.clip import ClipEncoder, to_uint8
-from metrics.features.local import require_file, torch_hub_dir, weights_dir
+from metrics.features.local import require_file, safe_torch_load, torch_hub_dir, weights_dir
 
 __all__ = ["INCEPTION_MODES", "InceptionFeatures", "ClipFeatures", "inception_weight_paths"]
 
@@ -44,6 +44,23 @@ def inception_weight_paths(root: str | os.PathLike | None = None) -> dict[str, t
             "legacy_pytorch": (torch_hub_dir() / "checkpoints" / PYTORCH_FID_FILE, PYTORCH_FID_URL)}
 
 
+def _pytorch_fid_inception(path: Path):
+    """clean-fid's ``InceptionV3`` (pytorch-fid blocks) with its weights read safely from ``path``.
+
+    clean-fid reads the file through ``torch.hub.load_state_dict_from_url``, which unpickles with
+    ``weights_only=False``; here the file is read once with ``weights_only=True`` and handed to it.
+    """
+    import cleanfid.inception_pytorch as ip
+
+    state = safe_torch_load(path, "pytorch-fid Inception weights")
+    original = ip.load_state_dict_from_url
+    ip.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        return ip.InceptionV3(output_blocks=[3], resize_input=False)
+    finally:
+        ip.load_state_dict_from_url = original
+
+
 class InceptionFeatures:
     """``images [B, 3, H, W] in [0, 1] -> [B, 2048]`` float64 through clean-fid's resizer and network."""
 
@@ -58,9 +75,7 @@ class InceptionFeatures:
         self.mode, self.device, self.batch_size = mode, torch.device(device), batch_size
         self.resize = build_resizer(mode)
         if mode == "legacy_pytorch":
-            from cleanfid.inception_pytorch import InceptionV3
-
-            net = InceptionV3(output_blocks=[3], resize_input=False)  # reads the cached file above
+            net = _pytorch_fid_inception(path)
             self._forward = lambda x: net(x / 255)[0].squeeze(-1).squeeze(-1)
         else:
             from cleanfid.inception_torchscript import InceptionV3W

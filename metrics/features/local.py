@@ -14,11 +14,42 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["MissingWeightsError", "weights_dir", "torch_hub_dir", "resolve_hf_dir", "require_file"]
+__all__ = ["MissingWeightsError", "BadWeightsError", "weights_dir", "torch_hub_dir", "resolve_hf_dir", "require_file",
+           "safe_torch_load", "is_unsafe_pickle_error"]
 
 
 class MissingWeightsError(FileNotFoundError):
     """A weight file the metrics need is not on this machine (the message says which and where to put it)."""
+
+
+class BadWeightsError(ValueError):
+    """A weight file is there but cannot be used: truncated, another format, or holding pickled code."""
+
+
+def is_unsafe_pickle_error(error: BaseException) -> bool:
+    """True for the error ``torch.load(weights_only=True)`` raises on a file holding pickled objects."""
+    import pickle
+
+    return isinstance(error, pickle.UnpicklingError) or "Weights only load failed" in str(error)
+
+
+def unsafe_message(path: os.PathLike | str, what: str) -> str:
+    return (f"refusing to load {what} {path}: it contains pickled Python objects other than tensors, and "
+            f"unpickling them could run arbitrary code. Use a safetensors copy (or a plain state dict) from a "
+            f"trusted source")
+
+
+def safe_torch_load(path: str | os.PathLike, what: str):
+    """``torch.load(path, weights_only=True)`` on CPU; a file with pickled code or an unreadable file raises
+    :class:`BadWeightsError` naming it. Nothing in the file is executed."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 (torch raises several types for foreign or truncated files)
+        if is_unsafe_pickle_error(error):
+            raise BadWeightsError(unsafe_message(path, what)) from None
+        raise BadWeightsError(f"cannot read {what} {path} (truncated, or not a PyTorch file?): {error}") from None
 
 
 def weights_dir() -> Path:
