@@ -57,10 +57,10 @@ from codi.nano import build_components
 STAGES = ("data", "image_vae", "audio_vae", "text_vae", "clip", "clap", "latents", "diffusion_image",
           "diffusion_video", "diffusion_audio", "diffusion_text", "align_text_image", "align_text_audio",
           "align_audio_video", "export")
-STEPS = {  # default optimisation steps per stage (scaled by --steps-scale); sized for 2 CPU cores
-    "image_vae": 600, "audio_vae": 600, "text_vae": 1500, "clip": 800, "clip_video": 300, "clap": 800,
-    "diffusion_image": 2000, "diffusion_video": 800, "diffusion_audio": 2000, "diffusion_text": 2000,
-    "align_text_image": 300, "align_text_audio": 300, "align_audio_video": 300,
+STEPS = {  # default optimisation steps per stage (scaled by --steps-scale); what the shipped nano used
+    "image_vae": 600, "audio_vae": 270, "text_vae": 675, "clip": 360, "clip_video": 135, "clap": 360,
+    "diffusion_image": 900, "diffusion_video": 360, "diffusion_audio": 900, "diffusion_text": 900,
+    "align_text_image": 135, "align_text_audio": 135, "align_audio_video": 135,
 }
 ATTRIBUTE_ORDER = ("size", "colour", "shape", "motion")
 
