@@ -43,8 +43,10 @@ from metrics.results import build_results, checkpoint_hashes, write_results
 from metrics.store import check_settings
 from metrics.task import SAMPLERS, TaskError, available_tasks, load_task
 
-DEFAULT_GENERATOR = "codi"
-"""The generator used when --generator is not given (to become the embedded "codi-nano" model)."""
+DEFAULT_GENERATOR = "codi-nano"
+"""The generator used when --generator is not given: the embedded CoDi-nano, which runs offline."""
+NANO_WORLD_SAMPLES = 32
+"""Samples scored by default when codi-nano runs on the procedural world (no data root or manifest)."""
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 MODE_CHOICES = {"both": ("joint", "independent"), "joint": ("joint",), "independent": ("independent",)}
@@ -141,9 +143,15 @@ def run(args: argparse.Namespace, env: distributed.DistEnv | None = None) -> Pat
                                                "path": str(manifest)}
         root = manifest.parent if not (args.data_root or __import__("os").environ.get("CODI_DATA_ROOT")) \
             else data_root(args.data_root)
+    elif args.generator == "codi-nano" and not (args.data_root or __import__("os").environ.get("CODI_DATA_ROOT")):
+        # the embedded model on its own held-out world (metrics/world.py): runs offline, nano-space numbers
+        import metrics.world  # noqa: F401  (registers the dataset)
+
+        kind, split, options, root = "world", "test", dict(metrics.world.WORLD_OPTIONS), cache_dir
+        root.mkdir(parents=True, exist_ok=True)
     else:
         root = data_root(args.data_root)
-    wanted = args.num_samples or task.dataset.num_samples
+    wanted = args.num_samples or (NANO_WORLD_SAMPLES if kind == "world" else task.dataset.num_samples)
     needs = set(task.inputs) | set(reference_modalities(task))
     records, available = load_records(kind, root, split, options, wanted, needs)
     if len(records) < wanted and env.is_root:
@@ -206,8 +214,13 @@ def run(args: argparse.Namespace, env: distributed.DistEnv | None = None) -> Pat
                       samples_from=samples_from, dataset_options=options, dist=env, info=info)
     if not env.is_root:
         return None
+    task_config = dict(task.raw)
+    if kind == "world" or args.generator == "codi-nano":
+        task_config["feature_space"] = "nano"  # never comparable with the paper's numbers (reports keep it apart)
+        task_config["dataset"] = {**task_config.get("dataset", {}), "kind": kind, "name": "procedural world"} \
+            if kind == "world" else task_config.get("dataset")
     doc = build_results(
-        task=task.name, task_version=task.version, task_config=task.raw, generator=gen_name,
+        task=task.name, task_version=task.version, task_config=task_config, generator=gen_name,
         checkpoint=checkpoint, checkpoint_sha256=hashes,
         settings={"sampler": sampler, "steps": steps, "guidance_scale": guidance, "seed": args.seed,
                   "num_samples": len(records), "batch_size": args.batch_size, "device": args.device,
