@@ -70,3 +70,21 @@ def test_export_loads_as_a_pipeline_and_checks_checksums(trained) -> None:
     damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(CheckpointError, match="checksum"):
         load_nano(export)
+
+
+def test_metrics_run_defaults_to_nano_on_the_world(trained, tmp_path, monkeypatch) -> None:
+    """`python -m metrics.run --task ...` with codi-nano and no data root scores the held-out world offline."""
+    from metrics import run as metrics_run
+
+    monkeypatch.delenv("CODI_DATA_ROOT", raising=False)
+    out, _ = trained
+    assert metrics_run.DEFAULT_GENERATOR == "codi-nano"
+    code = metrics_run.main(["--task", "text2video+audio", "--checkpoint", str(out / "export"), "--num-samples", "2",
+                             "--steps", "1", "--batch-size", "2", "--output", str(tmp_path), "--no-progress"])
+    assert code == 0
+    (results,) = tmp_path.glob("*/results.json")
+    doc = json.loads(results.read_text())
+    assert doc["task_config"]["feature_space"] == "nano"
+    assert doc["settings"]["dataset"]["kind"] == "world" and doc["settings"]["num_samples"] == 2
+    assert set(doc["metrics"]) == {"joint", "independent"}
+    assert (tmp_path / "cache" / "world" / "test" / "world-test-00000.txt").read_text().startswith("a ")
