@@ -116,13 +116,13 @@ class CoDiPipeline:
         from codi.text_vae import TextAutoencoder, text_vae_preset
         from codi.vocab import char_tokenizers
 
+        if preset == "official":
+            raise ValueError("the official preset needs its weights: use CoDiPipeline.from_pretrained(checkpoint_dir)")
         torch.manual_seed(seed)
         diffusion = CoDiDiffusion(diffusion_preset(preset).replace(env_attention=env_attention))
         encoders = PromptEncoders(prompt_encoder_preset(preset))
         image_vae, audio_vae = ImageAutoencoder(image_vae_preset(preset)), AudioAutoencoder(audio_vae_preset(preset))
         text_vae = TextAutoencoder(text_vae_preset(preset))
-        if preset == "official":
-            raise ValueError("the official preset needs its weights: use CoDiPipeline.from_pretrained(checkpoint_dir)")
         text_vae.set_tokenizers(*char_tokenizers(tokenizer_dir or tempfile.mkdtemp(prefix="codi-tokenizers-")))
         autoencoders = {"image": image_vae, "audio": audio_vae, "text": text_vae}
         return cls(diffusion, encoders.to(device=device, dtype=dtype),
@@ -147,7 +147,9 @@ class CoDiPipeline:
             value = value.to(self.device) if torch.is_tensor(value) else list(value)
             with torch.no_grad():
                 embedding = getattr(self.encoders, f"encode_{modality}")(value)
-                uncond = self.encoders.unconditional(modality, size)
+                # the release encodes a zero input of the same shape: same frame count for video
+                extra = {"num_frames": value.shape[1]} if modality == "video" else {}
+                uncond = self.encoders.unconditional(modality, size, **extra)
             conditions.append(embedding.to(self.dtype)[:, None, :])
             unconditionals.append(uncond.to(device=self.device, dtype=self.dtype)[:, None, :])
             types.append(modality)
