@@ -26,7 +26,7 @@ import sys
 
 import pandas as pd
 
-from reports.load import ReportError, atomic_write_text, document_kind, load_json
+from reports.load import ReportError, document_kind, emit, load_json
 from reports.tables import markdown_table
 
 SAMPLER_KEYS = ("task", "mode", "batch_size", "steps", "samples_per_s", "s_per_step", "peak_mem_bytes",
@@ -194,16 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("benchmark_json", help="pytest-benchmark JSON (--benchmark-json)")
     parser.add_argument("--out", help="write the Markdown here (atomically) instead of printing")
     args = parser.parse_args(argv)
-    try:
-        text = render_markdown(load_json(args.benchmark_json), args.benchmark_json)
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.out:
-        atomic_write_text(args.out, text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return emit(lambda: render_markdown(load_json(args.benchmark_json), args.benchmark_json), args.out)
 
 
 if __name__ == "__main__":

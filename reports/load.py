@@ -23,6 +23,8 @@ the two atomic writers. No torch import: reports only read JSON.
 """
 from __future__ import annotations
 
+import sys
+
 import json
 import math
 import os
@@ -191,3 +193,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def emit(render, out: str | None) -> int:
+    """The CLIs' ending: ``render()`` to ``out`` (atomically) or stdout; a :class:`ReportError` exits 2."""
+    try:
+        text = render()
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if out:
+        atomic_write_text(out, text)
+    else:
+        sys.stdout.write(text)
+    return 0

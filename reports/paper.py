@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from reports.load import ReportError, Results, atomic_write_text
+from reports.load import ReportError, Results, emit
 from reports.tables import (DECIMALS, DEFAULT_DECIMALS, format_metric, group_by_task, latex_table,
                             load_labelled, markdown_table, metric_label, metric_sort_key, row_label,
                             unreliable_notes)
@@ -238,16 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", action="append", default=[], help="row name, one per results file, in order")
     parser.add_argument("--out", help="write here (atomically) instead of printing")
     args = parser.parse_args(argv)
-    try:
-        text = render(load_labelled(args.results, args.label), args.format, load_reference(args.reference))
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.out:
-        atomic_write_text(args.out, text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return emit(lambda: render(load_labelled(args.results, args.label), args.format, load_reference(args.reference)), args.out)
 
 
 if __name__ == "__main__":

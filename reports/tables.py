@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from reports.load import Metric, ReportError, Results, atomic_write_text, load_results
+from reports.load import Metric, ReportError, Results, emit, load_results
 
 METRIC_LABELS = {
     "fid": "FID", "kid": "KID", "clip_score": "CLIP score", "clipsim": "CLIPSIM", "fad": "FAD", "fd": "FD",
@@ -238,16 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", action="append", default=[], help="row name, one per results file, in order")
     parser.add_argument("--out", help="write here (atomically) instead of printing")
     args = parser.parse_args(argv)
-    try:
-        text = render(load_labelled(args.results, args.label), args.format)
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.out:
-        atomic_write_text(args.out, text)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return emit(lambda: render(load_labelled(args.results, args.label), args.format), args.out)
 
 
 if __name__ == "__main__":
