@@ -33,6 +33,8 @@ Without ``sample_dir`` nothing is cached (library use on in-memory data).
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -238,6 +240,30 @@ class _Shard:
             parts.append(check_outputs(raw, self.task.outputs, len(run)))
         return _concat(parts)
 
+    def clear_temporaries(self, ids: Sequence[str], mode: str) -> int:
+        """Remove what interrupted runs left of these samples' atomic writes; returns how many files.
+
+        Temporary names are ``.<id><ext>``'s ``.<id>.XXXXXXXX<ext>`` (media) and ``.<id>.npz.XXXXXXXX.tmp``
+        (features). Only this rank writes these ids, so no file another process is writing can match.
+        """
+        mine = {_safe_id(i) for i in ids}
+        exts = "|".join(re.escape(media.EXTENSIONS[m]) for m in self.task.outputs)
+        plans = []
+        if self.generator is not None and self.settings.save_samples and self.sample_dir is not None:
+            plans.append((self.sample_dir / mode, re.compile(rf"\.(?P<stem>.+)\.[a-z0-9_]{{8}}(?:{exts})")))
+        if self.store is not None:
+            plans.append((self.store.folder, re.compile(r"\.(?P<stem>.+)\.npz\.[a-z0-9_]{8}\.tmp")))
+        removed = 0
+        for folder, pattern in plans:
+            if not folder.is_dir():
+                continue
+            for entry in os.scandir(folder):  # one listing per folder, whatever the number of samples
+                match = pattern.fullmatch(entry.name) if entry.name.startswith(".") else None
+                if match and match["stem"] in mine:
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
+        return removed
+
     def make(self, todo: Sequence[Record], digests: dict[str, str], mode: str) -> dict[str, dict[str, Any]]:
         ids = [r.id for r in todo]
         inputs = collate(todo, self.task.inputs, self.options, all_captions=False)
@@ -283,6 +309,7 @@ class _Shard:
 
     def run(self, records: Sequence[Record], digests: dict[str, str], mode: str, bar) -> dict[str, dict[str, Any]]:
         local: dict[str, dict[str, Any]] = {}
+        self.clear_temporaries([r.id for r in records], mode)
         bs = self.settings.batch_size
         for start in range(0, len(records), bs):
             chunk = list(records[start:start + bs])

@@ -143,7 +143,8 @@ def test_a_sigkilled_run_resumes_without_regenerating_finished_samples(world, cl
         [i for i in range(N) if f"s{i}" not in finished]
     resumed = _results(world)
     assert resumed["run"] == {"world_size": 1, "made": N - len(finished), "reused": len(finished), "nonfinite": {}}
-    assert sorted(p.name for p in (run_dir / "default").glob("s*.png")) == [f"s{i}.png" for i in range(N)]
+    assert sorted(p.name for p in (run_dir / "default").iterdir()) == [f"s{i}.png" for i in range(N)]
+    assert sorted(p.name for p in features.iterdir()) == [f"s{i}.npz" for i in range(N)]  # no temporaries left
 
     # the numbers equal an uninterrupted run's
     assert run_cli.main(_argv(world, clip_dir, "fresh")) == 0
@@ -158,17 +159,22 @@ def test_partial_files_are_never_taken_for_finished_samples(world, clip_dir, cap
     first = _results(world)
     run_dir = world / "runs" / RUN_NAME
     # s3 was killed after its picture but before its feature file; s5's feature file is cut short;
-    # s6's picture was removed; a temporary file of an interrupted write lies around
+    # s6's picture was removed; temporary files of interrupted writes lie around
     (run_dir / "features" / "default" / "s3.npz").unlink()
     (run_dir / "default" / "s3.png").write_bytes((run_dir / "default" / "s3.png").read_bytes()[:40])
     data = (run_dir / "features" / "default" / "s5.npz").read_bytes()
     (run_dir / "features" / "default" / "s5.npz").write_bytes(data[: len(data) // 2])
     (run_dir / "default" / "s6.png").unlink()
-    (run_dir / "features" / "default" / ".s7.npz.abc.tmp").write_bytes(b"partial")
+    leftovers = [run_dir / "default" / ".s3.k2x9_q0a.png", run_dir / "features" / "default" / ".s7.npz.abcd1234.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+    unrelated = run_dir / "default" / ".notes.txt"
+    unrelated.write_text("not ours")
     before = len(_log(world))
     assert run_cli.main(_argv(world, clip_dir)) == 0
     assert sorted(_log(world)[before:]) == ["joint 3", "joint 5", "joint 6"]
     assert "ignoring unreadable feature file" in capsys.readouterr().err
+    assert not any(p.exists() for p in leftovers) and unrelated.is_file()  # interrupted writes cleared
     again = _results(world)
     assert again["run"]["made"] == 3 and again["run"]["reused"] == N - 3
     # s3, s5 and s6 went through the extractor in smaller batches than before: float32 rounding differs
