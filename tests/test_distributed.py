@@ -118,3 +118,52 @@ def test_two_gloo_ranks_equal_one_process(setup):
     with np.load(stats_one[0]) as x, np.load(stats_two[0]) as y:
         assert int(x["n"]) == int(y["n"]) == 4
         np.testing.assert_allclose(x["mu"], y["mu"], rtol=1e-10, atol=1e-12)
+
+
+FAILING_PLUGIN = '''
+import os
+import torch
+from metrics.generators import DummyGenerator
+
+
+class FailsOnRankOne(DummyGenerator):
+    def generate(self, inputs, outputs, **kwargs):
+        if os.environ.get("RANK") == "1":
+            raise RuntimeError("the GPU of rank 1 fell over")
+        return super().generate(inputs, outputs, **kwargs)
+
+
+class Encoders:
+    def encode_text(self, texts):
+        return torch.tensor([[len(t), 1.0] for t in texts])
+
+    def encode_image(self, images):
+        return images.flatten(1)[:, :2].double()
+
+
+def build(**options):
+    gen = FailsOnRankOne(image_size=8)
+    gen.encoders = Encoders()
+    return gen
+'''
+
+
+def test_an_error_on_one_rank_ends_every_rank_with_its_message(setup, tmp_path):
+    root, _ = setup
+    (tmp_path / "failgen.py").write_text(FAILING_PLUGIN)
+    task = yaml.safe_load((root / "task.yaml").read_text())
+    task["metrics"] = [{"metric": "sim", "between": ["input.text", "output.image"], "higher_is_better": True}]
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "metrics.run",
+                           "--task", str(tmp_path / "task.yaml"), "--manifest", str(root / "data" / "prompts.jsonl"),
+                           "--generator", "failgen:build", "--sim-embedder", "codi", "--batch-size", "2",
+                           "--output", str(tmp_path / "runs"), "--no-progress"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # no rank is left waiting
+    assert proc.returncode != 0
+    assert "error: rank 1: the GPU of rank 1 fell over" in proc.stderr
+    assert not list((tmp_path / "runs").glob("*/results.json"))
+    # rank 0 finished its block: its samples are cached for the rerun
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*/features/default/*.npz")) == ["p0.npz", "p1.npz"]
