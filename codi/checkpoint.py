@@ -85,7 +85,7 @@ def read_state_dict(path: str | os.PathLike, *, hint: str | None = None) -> dict
         raise CheckpointError(message)
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint file is empty: {path}")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -97,7 +97,7 @@ def read_state_dict(path: str | os.PathLike, *, hint: str | None = None) -> dict
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
         except Exception as error:  # torch raises several types for truncated / foreign files
-            if "Weights only load failed" in str(error):
+            if "Weights only load failed" in str(error) and _is_pickle(path):
                 raise CheckpointError(
                     f"refusing to load {path}: it contains pickled objects other than tensors "
                     "(loading it could run arbitrary code); convert it to safetensors from a "
@@ -109,6 +109,23 @@ def read_state_dict(path: str | os.PathLike, *, hint: str | None = None) -> dict
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a flat state dict of tensors")
     return dict(state)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file under another name: 8-byte little-endian header size, then a JSON object."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _is_pickle(path: Path) -> bool:
+    """A torch.save file: a zip archive holding a pickle, or a bare pickle (protocol byte 0x80)."""
+    if _is_zip(path):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
 
 def _is_zip(path: Path) -> bool:
@@ -125,7 +142,7 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # clone: tied weights (e.g. GPT-2's lm_head and wte) share storage, which safetensors refuses
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors.torch import save_file
 
         save_file(tensors, str(tmp))

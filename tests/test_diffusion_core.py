@@ -259,3 +259,14 @@ def test_nano_preset_is_small_and_validates_norm_groups() -> None:
         UNetConfig(kind="spatial", in_channels=4, model_channels=32, out_channels=4, channel_mult=(1,),
                    num_res_blocks=(1,), attention_levels=(True,), connector_levels=(False,),
                    env_channel_mult=(1,), env_res_blocks=(1,), num_heads=4)  # 32 // 2 = 16 < 32 groups
+
+
+def test_checkpoint_reader_names_the_real_format(tmp_path: Path) -> None:
+    from codi.checkpoint import read_state_dict, save_state_dict
+
+    save_state_dict({"a": torch.ones(2)}, tmp_path / "weights.safetensors")
+    (tmp_path / "weights.pth").write_bytes((tmp_path / "weights.safetensors").read_bytes())
+    assert torch.equal(read_state_dict(tmp_path / "weights.pth")["a"], torch.ones(2))  # safetensors under .pth
+    (tmp_path / "notes.pth").write_text("these are not weights")
+    with pytest.raises(CheckpointError, match="not a PyTorch file"):
+        read_state_dict(tmp_path / "notes.pth")
