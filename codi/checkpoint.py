@@ -142,7 +142,7 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # clone: tied weights (e.g. GPT-2's lm_head and wte) share storage, which safetensors refuses
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in state.items()}
-    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+    if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
         save_file(tensors, str(tmp))
