@@ -58,8 +58,8 @@ STAGES = ("data", "image_vae", "audio_vae", "text_vae", "clip", "clap", "latents
           "diffusion_video", "diffusion_audio", "diffusion_text", "align_text_image", "align_text_audio",
           "align_audio_video", "export")
 STEPS = {  # default optimisation steps per stage (scaled by --steps-scale); what the shipped nano used
-    "image_vae": 600, "audio_vae": 270, "text_vae": 3000, "clip": 1200, "clip_video": 300, "clap": 800,
-    "diffusion_image": 900, "diffusion_video": 360, "diffusion_audio": 900, "diffusion_text": 900,
+    "image_vae": 600, "audio_vae": 270, "text_vae": 3000, "clip": 3000, "clip_video": 600, "clap": 1400,
+    "diffusion_image": 2500, "diffusion_video": 800, "diffusion_audio": 2000, "diffusion_text": 2500,
     "align_text_image": 135, "align_text_audio": 135, "align_audio_video": 135,
 }
 ATTRIBUTE_ORDER = ("size", "colour", "shape", "motion")

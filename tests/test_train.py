@@ -53,7 +53,7 @@ def test_finished_stages_are_skipped_and_a_stage_resumes(trained) -> None:
     assert main(args) == 0  # everything done: nothing reruns
     assert (out / "diffusion.safetensors").stat().st_mtime_ns == before
     ckpt = torch.load(out / "diffusion_text.ckpt", weights_only=True)
-    assert ckpt["step"] == 1  # max(1, 900 * 0.001) steps, checkpointed every step
+    assert ckpt["step"] == 2  # 2500 * 0.001 steps, checkpointed every step
     assert main(args[:-1] + ["--stage", "diffusion_text", "--no-progress"]) == 0  # resumes at its last step
 
 
