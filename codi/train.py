@@ -493,7 +493,13 @@ def stage_export(run: Run, destination: Path | None = None) -> None:
     for name in ("image_vae", "audio_vae", "text_vae", "encoders"):
         load_stage(run, name, parts[name])
     parts["diffusion"].load_state_dict(read_state_dict(run.out / "diffusion.safetensors"))
-    export_nano(parts, scales, destination or run.out / "export", tokenizer_dir=run.out / "tokenizers")
+    steps: dict[str, int] = {}
+    for line in (run.out / "log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "step" in entry:
+            steps[entry["stage"]] = max(steps.get(entry["stage"], 0), int(entry["step"]))
+    export_nano(parts, scales, destination or run.out / "export", tokenizer_dir=run.out / "tokenizers",
+                extra={"optimised_steps": steps})
     run.mark_done("export")
 
 
