@@ -88,3 +88,15 @@ def test_metrics_run_defaults_to_nano_on_the_world(trained, tmp_path, monkeypatc
     assert doc["settings"]["dataset"]["kind"] == "world" and doc["settings"]["num_samples"] == 2
     assert set(doc["metrics"]) == {"joint", "independent"}
     assert (tmp_path / "cache" / "world" / "test" / "world-test-00000.txt").read_text().startswith("a ")
+
+
+def test_shipped_nano_weights_load_with_checksums() -> None:
+    """The package's own CoDi-nano (codi/weights/nano) is complete and passes its checksums."""
+    from codi.nano import NANO_DIR
+
+    manifest = read_manifest(NANO_DIR)  # verifies every file's SHA-256
+    assert manifest["model"] == "codi-nano" and "optimised_steps" in manifest
+    total = sum((NANO_DIR / name).stat().st_size for name in manifest["sha256"])
+    assert total <= 25 * 2**20
+    pipe = load_nano()
+    assert pipe.latent_size.image_size == 32 and pipe.diffusion.config.env_attention == "others"
