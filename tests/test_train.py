@@ -57,7 +57,9 @@ def test_finished_stages_are_skipped_and_a_stage_resumes(trained) -> None:
     assert main(args[:-1] + ["--stage", "diffusion_text", "--no-progress"]) == 0  # resumes at its last step
 
 
-def test_export_loads_as_a_pipeline_and_checks_checksums(trained) -> None:
+def test_export_loads_as_a_pipeline_and_checks_checksums(trained, tmp_path) -> None:
+    import shutil
+
     out, _ = trained
     export = out / "export"
     manifest = read_manifest(export)
@@ -66,10 +68,11 @@ def test_export_loads_as_a_pipeline_and_checks_checksums(trained) -> None:
     result = pipe({"text": ["a red circle moves left"]}, ["video", "audio", "text"], num_inference_steps=2, seed=0)
     assert result["video"].shape == (1, 8, 3, 32, 32) and result["audio"].shape == (1, 20480)
     assert isinstance(result["text"][0], str)
-    damaged = export / "audio_vae.safetensors"
+    copy = shutil.copytree(export, tmp_path / "export")  # damage a copy: other tests use the export
+    damaged = copy / "audio_vae.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(CheckpointError, match="checksum"):
-        load_nano(export)
+        load_nano(copy)
 
 
 def test_metrics_run_defaults_to_nano_on_the_world(trained, tmp_path, monkeypatch) -> None:
