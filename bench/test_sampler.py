@@ -59,7 +59,7 @@ def settings(request) -> dict:
         "preset": option(request, "--preset", "tiny"),
         "device": torch.device(option(request, "--device", "cpu")),
         "dtype": getattr(torch, dtype) if isinstance(dtype, str) else dtype,
-        "steps": int(option(request, "--steps", None) or 3),
+        "steps": int(option(request, "--steps", None) or 4),
         "batch_sizes": [int(b) for b in str(option(request, "--batch-sizes", "1,4,16")).split(",")],
         "compile": bool(option(request, "--compile", False)),
     }

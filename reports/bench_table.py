@@ -158,12 +158,13 @@ def render_markdown(doc: dict, source: str = "<benchmark>") -> str:
         parts += ["", "## Joint vs independent generation", "",
                   "Speed-up = joint samples/s ÷ independent samples/s (each output alone with its own UNet); "
                   "> 1 means joint is faster. Ratios of FLOPs and peak memory are joint ÷ independent. "
-                  "Peak memory is the CUDA peak allocation on a GPU and the process's peak resident set on CPU.",
+                  "Peak memory is the CUDA peak allocation on a GPU and the growth of the resident set on CPU.",
                   "", markdown_table(shown).rstrip("\n")]
         if (records["device"] == "cpu").any():
-            parts += ["", "On CPU the peak is the process's lifetime resident-set high-water mark "
-                      "(ru_maxrss): it only grows during a session, so CPU memory ratios between "
-                      "benchmarks of one run are not a measurement of either mode."]
+            parts += ["", "On CPU the peak is the growth of the resident set while the benchmark runs; memory "
+                      "the allocator kept from earlier benchmarks in the same process does not show, so CPU "
+                      "memory figures are lower bounds and their ratios are not a comparison of the modes "
+                      "(run one benchmark per process, or use the CUDA figures)."]
     others = records[~records["mode"].isin(["joint", "independent"])] if len(records) else records
     if len(others):
         shown = pd.DataFrame({
