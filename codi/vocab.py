@@ -30,17 +30,11 @@ def bert_char_vocab() -> list[str]:
 
 
 def byte_symbols() -> list[str]:
-    """GPT-2's reversible byte -> printable-character table, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    symbols, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            symbols[b] = chr(b)
-        else:
-            symbols[b] = chr(256 + extra)
-            extra += 1
-    return [symbols[b] for b in range(256)]
+    """GPT-2's reversible byte -> printable-character table, in byte order (the CLIP tokenizer's alphabet too)."""
+    from codi.encoders import _bytes_to_unicode
+
+    table = _bytes_to_unicode()
+    return [table[b] for b in range(256)]
 
 
 def write_char_tokenizers(directory: str | os.PathLike) -> tuple[Path, Path]:
