@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import resource
-import time
 from functools import lru_cache
 
 import pytest

@@ -45,8 +45,7 @@ from __future__ import annotations
 
 import copy
 import gzip
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence

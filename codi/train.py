@@ -37,7 +37,6 @@ from its last checkpoint; a finished stage is skipped. Losses are appended to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import random

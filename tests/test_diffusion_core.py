@@ -11,7 +11,7 @@ from codi.checkpoint import CheckpointError
 from codi.config import DiffusionConfig, UNetConfig, diffusion_preset
 from codi.joint import RELEASE_FILES, CoDiDiffusion, mix_conditions
 from codi.sampling import GuidedDenoiser, initial_noise, pack_latents, sample, unpack_latents
-from codi.schedule import alphas_cumprod, ddim_timesteps
+from codi.schedule import ddim_timesteps
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "official_parity" / "cases.json").read_text())
 

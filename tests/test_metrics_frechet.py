@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from metrics.fid import FID, KID, cached_reference_stats, kid_from_features, reference_stats_name  # noqa: E402
-from metrics.frechet import GaussianStats, RunningGaussian, frechet_distance, load_stats, save_stats  # noqa: E402
+from metrics.frechet import GaussianStats, RunningGaussian, load_stats, save_stats  # noqa: E402
 
 
 def _features(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:

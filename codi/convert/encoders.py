@@ -464,7 +464,6 @@ def load_prompt_encoders(source, config=None, modalities: Iterable[str] = ("text
     model = PromptEncoders(config, modalities)
     state, where = read_encoders_file(source, fp16=fp16)
     converted = Converted()
-    prefixes = []
     if model.text is not None or model.vision is not None:
         part = clip_to_project(_section(state, "clip.model.", where))
         built = tuple(p for p, m in (("text.", model.text), ("vision.", model.vision), ("temporal.", model.temporal))
