@@ -8,7 +8,7 @@ import torch
 
 from codi.checkpoint import CheckpointError
 from codi.nano import load_nano, read_manifest
-from codi.train import STAGES, agreement, main, multi_positive_nce, partial_caption
+from codi.train import DEPENDS, STAGES, _without_options, agreement, main, multi_positive_nce, partial_caption
 
 
 def test_partial_captions_and_agreement() -> None:
@@ -27,6 +27,15 @@ def test_multi_positive_nce_prefers_aligned_embeddings() -> None:
     aligned = multi_positive_nce(e, e, eye)
     shuffled = multi_positive_nce(e, e.roll(1, 0), eye)
     assert aligned < shuffled
+
+
+def test_stage_dependencies_follow_the_stage_order() -> None:
+    """``--jobs`` starts a stage once its DEPENDS are done; sequential runs use STAGES' order: they must agree."""
+    assert set(DEPENDS) == set(STAGES)
+    for stage, needs in DEPENDS.items():
+        assert all(STAGES.index(need) < STAGES.index(stage) for need in needs), stage
+    assert _without_options(["--out", "x", "--stage", "all", "--jobs=2", "--threads", "2", "--seed", "1"],
+                            ("--stage", "--jobs", "--threads")) == ["--out", "x", "--seed", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +58,11 @@ def test_every_stage_ran_and_logged(trained) -> None:
 
 def test_finished_stages_are_skipped_and_a_stage_resumes(trained) -> None:
     out, args = trained
-    before = (out / "diffusion.safetensors").stat().st_mtime_ns
+    before = (out / "unet_text.safetensors").stat().st_mtime_ns
     assert main(args) == 0  # everything done: nothing reruns
-    assert (out / "diffusion.safetensors").stat().st_mtime_ns == before
+    assert (out / "unet_text.safetensors").stat().st_mtime_ns == before
     ckpt = torch.load(out / "diffusion_text.ckpt", weights_only=True)
-    assert ckpt["step"] == 2  # 2500 * 0.001 steps, checkpointed every step
+    assert ckpt["step"] == 3  # 3000 * 0.001 steps, checkpointed every step
     assert main(args[:-1] + ["--stage", "diffusion_text", "--no-progress"]) == 0  # resumes at its last step
 
 
@@ -91,6 +100,35 @@ def test_metrics_run_defaults_to_nano_on_the_world(trained, tmp_path, monkeypatc
     assert doc["settings"]["dataset"]["kind"] == "world" and doc["settings"]["num_samples"] == 2
     assert set(doc["metrics"]) == {"joint", "independent"}
     assert (tmp_path / "cache" / "world" / "test" / "world-test-00000.txt").read_text().startswith("a ")
+
+
+def test_nano_eval_scores_every_task_on_an_export(trained) -> None:
+    """`codi.nano_eval` end to end on the micro run: classifiers, the 8 tasks, Frechet distances, SIM."""
+    from codi import nano_eval
+
+    out, _ = trained
+    classifiers = nano_eval.train_classifiers(samples=8, steps=2)
+    report = nano_eval.evaluate(load_nano(out / "export"), classifiers, samples=4, steps=2, guidance=2.0)
+    assert set(report["tasks"]) == {f"{s}->{t}" for s, t in nano_eval.TASKS}
+    for task in report["tasks"].values():
+        assert 0 <= task["accuracy"] <= min(task["per_attribute"].values()) <= 1
+    assert set(report["frechet_nano"]) == {"image", "video", "audio"}
+    assert all(v["fd"] >= 0 and v["floor"] >= 0 for v in report["frechet_nano"].values())
+    assert set(report["sim"]) >= {"joint", "independent", "joint_minus_independent"}
+
+
+def test_classifiers_read_real_data() -> None:
+    """The attribute classifiers nano_eval trains are accurate on real held-out data (else its scores mean little)."""
+    from codi import nano_eval
+    from codi.data.world import world_sample
+
+    test = [world_sample(i, "test") for i in range(48)]
+    classifiers = nano_eval.train_classifiers(samples=384, steps=150)
+    for modality in ("image", "audio"):
+        read = nano_eval.read_attributes(classifiers, modality, torch.stack([getattr(s, modality) for s in test]))
+        # colour and size are the easy attributes: far above chance (1/6, 1/2) after a short training
+        for attribute in ("colour", "size"):
+            assert sum(r[attribute] == s.attributes[attribute] for r, s in zip(read, test)) / len(test) >= 0.75
 
 
 def test_shipped_nano_weights_load_with_checksums() -> None:
