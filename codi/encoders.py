@@ -92,6 +92,11 @@ class PromptEncoderConfig:
     clap_audio: dict[str, Any] = field(default_factory=dict)
     temporal_ff_mult: float = 4.0
     temporal_max_frames: int = 30
+    # add the temporal blocks' stored ``pos_embeds`` to the residual stream: off in the release (there, frame
+    # order reaches the embedding only through the relative-position bias, and a mean over frames follows,
+    # so the nano tower read the frames as a set: flipped videos embedded at cosine 0.9997); on for CoDi-nano,
+    # whose motion attribute is frame order
+    temporal_frame_positions: bool = False
     max_text_length: int = 77
     audio_seconds: float = 10.0
     audio_crop: str = "center"
@@ -141,10 +146,12 @@ def _tiny() -> PromptEncoderConfig:
 
 
 def _nano() -> PromptEncoderConfig:
-    """CoDi-nano's towers: 32 px CLIP vision, 1.28 s CLAP (spec 128), shared 64-d space."""
+    """CoDi-nano's towers: 32 px CLIP vision, 1.28 s CLAP (spec 128), shared 64-d space, frame positions on."""
     tiny = _tiny()
     return PromptEncoderConfig(
-        embed_dim=64, clip_text=tiny.clip_text, clip_vision=tiny.clip_vision, audio_seconds=1.28,
+        embed_dim=64, temporal_frame_positions=True, clip_text=tiny.clip_text, audio_seconds=1.28,
+        # 4 px patches (8 x 8 tokens) and 4 layers of 64: shape needs both (8 px patches, 2 x 32: shape ~chance)
+        clip_vision=dict(tiny.clip_vision, patch_size=4, hidden_size=64, intermediate_size=256, num_hidden_layers=4),
         clap_audio=dict(tiny.clap_audio, spec_size=128, window_size=4, patch_embeds_hidden_size=16, hidden_size=128,
                         num_attention_heads=[2, 2, 4, 4]),
     )
@@ -340,13 +347,19 @@ class GatedFeedForward(nn.Module):
 class TemporalBlock(nn.Module):
     """The release's per-layer video block: ``x += attn(x)``, then ``x += ff(x)``, over ``[N, F, C]``."""
 
-    def __init__(self, dim: int, heads: int, ff_mult: float = 4.0, max_frames: int = 30):
+    def __init__(self, dim: int, heads: int, ff_mult: float = 4.0, max_frames: int = 30,
+                 frame_positions: bool = False):
         super().__init__()
         self.attn = TemporalAttention(dim, heads, dim // heads, max_frames)
+        self.frame_positions = frame_positions
+        if frame_positions:  # learned absolute frame embeddings: start them apart
+            nn.init.normal_(self.attn.pos_embeds, std=0.5)
         self.rel_pos = RelativePositionBias(dim // 2, heads)
         self.ff = GatedFeedForward(dim, ff_mult)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.frame_positions:  # into the residual stream: later layers can relate "where" to "when"
+            x = x + self.attn.pos_embeds[:, :x.shape[1]]
         x = self.attn(x, self.rel_pos(x.shape[1])) + x
         return self.ff(x.transpose(1, 2)).transpose(1, 2) + x
 
@@ -390,7 +403,7 @@ class PromptEncoders(nn.Module):
             vc = self.vision.config
             self.temporal = nn.ModuleList(
                 TemporalBlock(vc.hidden_size, vc.num_attention_heads, config.temporal_ff_mult,
-                              config.temporal_max_frames)
+                              config.temporal_max_frames, config.temporal_frame_positions)
                 for _ in range(vc.num_hidden_layers)
             )
         if "audio" in modalities:

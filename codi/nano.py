@@ -30,7 +30,7 @@ from codi.checkpoint import CheckpointError, load_state_dict_strict, read_state_
 
 NANO_DIR = Path(__file__).parent / "weights" / "nano"
 COMPONENTS = ("diffusion", "encoders", "image_vae", "audio_vae", "text_vae")
-TRAIN_COMMAND = "python -m codi.train --preset nano --stage all --out runs/nano --threads 2"
+TRAIN_COMMAND = "python -m codi.train --preset nano --stage all --out runs/nano --threads 2 --jobs 2"
 
 
 def build_components(preset: str = "nano", scales: dict | None = None, only: tuple[str, ...] = COMPONENTS) -> dict:

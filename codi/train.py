@@ -63,11 +63,12 @@ STAGES = ("data", "image_vae", "audio_vae", "text_vae", "clip", "clap", "latents
           "diffusion_video", "diffusion_audio", "diffusion_text", "align_text_image", "align_text_audio",
           "align_audio_video", "export")
 STEPS = {  # default optimisation steps per stage (scaled by --steps-scale); what the shipped nano used
-    "image_vae": 600, "audio_vae": 270, "text_vae": 3000, "clip": 3000, "clip_video": 1000, "clap": 1400,
+    "image_vae": 600, "audio_vae": 350, "text_vae": 3000, "clip": 3000, "clip_video": 1000, "clap": 1400,
     "diffusion_image": 4000, "diffusion_video": 1000, "diffusion_audio": 4000, "diffusion_text": 3000,
     "align_text_image": 300, "align_text_audio": 300, "align_audio_video": 600,
 }
 ATTRIBUTE_ORDER = ("size", "colour", "shape", "motion")
+REVERSED_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up"}  # a video played backwards
 DEPENDS = {  # stage -> the stages whose outputs it reads (``--jobs`` runs stages whose inputs are ready at once)
     "data": (), "image_vae": ("data",), "audio_vae": ("data",), "text_vae": ("data",), "clip": ("data",),
     "clap": ("clip",), "latents": ("image_vae", "audio_vae", "text_vae", "clap"),
@@ -148,11 +149,15 @@ class Run:
             self._data = torch.load(self.out / "data.pt", weights_only=True)
         return self._data
 
-    def fit(self, stage: str, module: torch.nn.Module, params: list[torch.nn.Parameter],
+    def fit(self, stage: str, module: torch.nn.Module, params: list[torch.nn.Parameter] | list[dict],
             loss_fn: Callable[[random.Random], torch.Tensor], lr: float) -> None:
-        """Optimise ``loss_fn`` over ``params`` (AdamW, cosine decay), resuming from ``<stage>.ckpt``."""
+        """Optimise ``loss_fn`` over ``params`` (AdamW, cosine decay), resuming from ``<stage>.ckpt``.
+
+        ``params`` may be AdamW parameter groups (dicts with their own ``lr``).
+        """
         steps = self.steps(stage)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
         start = 0
@@ -304,16 +309,20 @@ def stage_clip(run: Run) -> None:
     attributes, video = data["attributes"], data["video"]
 
     def pair_loss(rng, modality):
-        idx = [rng.randrange(len(attributes)) for _ in range(48 if modality == "image" else 24)]
+        idx = [rng.randrange(len(attributes)) for _ in range(48 if modality == "image" else 12)]
         keys = [attributes[i] for i in idx]
-        named = [random_keep(rng, 0.5) for _ in idx]
-        texts = [partial_caption(k, n) for k, n in zip(keys, named)]
+        if modality == "video":
+            # each video and its time reversal, which moves the opposite way: hard negatives that differ
+            # only in motion (without them the towers settle on motion-blind embeddings)
+            keys = keys + [dict(k, motion=REVERSED_MOTION[k["motion"]]) for k in keys]
+            clips = video[torch.tensor(idx)].float() / 255
+            visual = _encode_grad(encoders, "video", torch.cat([clips, clips.flip(1)]))
+        named = [random_keep(rng, 0.5) for _ in keys]
         if modality == "image":
             frames = torch.tensor([rng.randrange(video.shape[1]) for _ in idx])
             visual = _encode_grad(encoders, "image", video[torch.tensor(idx), frames].float() / 255)
             named = [[a for a in n if a != "motion"] for n in named]  # a still frame shows no motion
-        else:
-            visual = _encode_grad(encoders, "video", video[torch.tensor(idx)].float() / 255)
+        texts = [partial_caption(k, n) for k, n in zip(keys, named)]
         text = _encode_grad(encoders, "text", texts)
         return multi_positive_nce(text, visual, agreement(keys, keys, named))
 
@@ -321,7 +330,12 @@ def stage_clip(run: Run) -> None:
     params = [p for n, p in encoders.named_parameters() if not n.startswith("temporal.")]
     run.fit("clip", encoders, params, lambda rng: pair_loss(rng, "image"), lr=5e-4)
     # then the temporal blocks (and the rest, slowly) on text-video pairs
-    run.fit("clip_video", encoders, list(encoders.parameters()), lambda rng: pair_loss(rng, "video"), lr=3e-4)
+    if encoders.config.temporal_frame_positions and not (run.out / "clip_video.ckpt").exists():
+        for block in encoders.temporal:  # the image phase never touches (nor saves non-zero) frame positions
+            torch.nn.init.normal_(block.attn.pos_embeds, std=0.5)
+    groups = [{"params": list(encoders.temporal.parameters()), "lr": 1e-3},  # new: faster
+              {"params": [p for n, p in encoders.named_parameters() if not n.startswith("temporal.")]}]
+    run.fit("clip_video", encoders, groups, lambda rng: pair_loss(rng, "video"), lr=3e-4)
     full = build_components(run.preset, only=("encoders",))["encoders"]
     state = full.state_dict()
     state.update(encoders.state_dict())
@@ -587,11 +601,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--jobs", type=int, default=1,
                         help="with --stage all: run up to this many independent stages at once, each in its own "
-                             "process with threads/jobs torch threads (2 on 2 cores: 40%% faster than 1)")
+                             "process, sharing --threads among them")
     args = parser.parse_args(argv)
     if args.jobs > 1 and args.stage == "all":
         return run_parallel(argv if argv is not None else sys.argv[1:], Path(args.out), args.jobs,
-                            max(1, (args.threads or torch.get_num_threads()) // args.jobs))
+                            args.threads or torch.get_num_threads())
     if args.threads:
         torch.set_num_threads(args.threads)
     run = Run(Path(args.out), args.preset, args.steps_scale, args.samples, args.test_samples, args.save_every,
@@ -608,19 +622,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_parallel(argv: list[str], out: Path, jobs: int, threads: int) -> int:
-    """Run every unfinished stage as ``python -m codi.train --stage <s>``, up to ``jobs`` at a time, in dependency order."""
+    """Run every unfinished stage as ``python -m codi.train --stage <s>``, up to ``jobs`` at a time, in dependency order.
+
+    ``threads`` torch threads are shared among the stages started together.
+    """
     import subprocess
 
     base = _without_options(argv, ("--stage", "--jobs", "--threads"))
     done = {stage for stage in STAGES if (out / f"{stage}.done").exists()}
     running: dict[str, subprocess.Popen] = {}
     while len(done) < len(STAGES):
-        for stage in STAGES:
-            ready = stage not in done and stage not in running and all(d in done for d in DEPENDS[stage])
-            if ready and len(running) < jobs:
-                command = [sys.executable, "-m", "codi.train", *base, "--stage", stage, "--threads", str(threads),
-                           "--no-progress"]
-                running[stage] = subprocess.Popen(command)
+        ready = [stage for stage in STAGES if stage not in done and stage not in running
+                 and all(d in done for d in DEPENDS[stage])][:jobs - len(running)]
+        for stage in ready:  # a stage that starts alone (latents, the alignment chain) gets every thread
+            share = max(1, threads // (len(running) + len(ready)))
+            command = [sys.executable, "-m", "codi.train", *base, "--stage", stage, "--threads", str(share),
+                       "--no-progress"]
+            running[stage] = subprocess.Popen(command)
         if not running:
             raise RuntimeError(f"no stage can start; unfinished: {sorted(set(STAGES) - done)}")
         while not (finished := [s for s, p in running.items() if p.poll() is not None]):

@@ -59,6 +59,25 @@ def test_one_frame_video_is_the_image_and_frames_matter(enc):
     assert not torch.allclose(enc.encode_video(video), enc.encode_video(video.flip(1)), atol=1e-5)
 
 
+def test_frame_positions_are_the_only_difference_of_the_nano_video_path(enc):
+    """``temporal_frame_positions`` (CoDi-nano) adds the stored pos_embeds; with them zero it is the release path."""
+    import dataclasses
+
+    config = dataclasses.replace(prompt_encoder_preset("tiny"), temporal_frame_positions=True)
+    with_positions = PromptEncoders(config)
+    assert with_positions.state_dict().keys() == enc.state_dict().keys()  # release checkpoints still load
+    with_positions.load_state_dict({k: torch.zeros_like(v) if k.endswith("attn.pos_embeds") else v
+                                    for k, v in enc.state_dict().items()})
+    video = torch.rand(2, 4, 3, 32, 32)
+    assert torch.equal(with_positions.encode_video(video), enc.encode_video(video))  # zero positions
+    with torch.no_grad():
+        for block in with_positions.temporal:
+            block.attn.pos_embeds.normal_(std=0.5)
+    assert not torch.allclose(with_positions.encode_video(video), enc.encode_video(video), atol=1e-4)
+    images = torch.rand(2, 3, 32, 32)  # one frame: no temporal blocks, still exactly the image
+    assert torch.allclose(with_positions.encode_video(images[:, None]), with_positions.encode_image(images), atol=1e-6)
+
+
 def test_image_path_matches_transformers_forward(enc):
     from codi.encoders import clip_pixels
 
