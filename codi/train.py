@@ -63,7 +63,7 @@ STAGES = ("data", "image_vae", "audio_vae", "text_vae", "clip", "clap", "latents
           "diffusion_video", "diffusion_audio", "diffusion_text", "align_text_image", "align_text_audio",
           "align_audio_video", "export")
 STEPS = {  # default optimisation steps per stage (scaled by --steps-scale); what the shipped nano used
-    "image_vae": 600, "audio_vae": 350, "text_vae": 3000, "clip": 3000, "clip_video": 1000, "clap": 1400,
+    "image_vae": 600, "audio_vae": 350, "text_vae": 6000, "clip": 3000, "clip_video": 1000, "clap": 1400,
     "diffusion_image": 4000, "diffusion_video": 1000, "diffusion_audio": 4000, "diffusion_text": 3000,
     "align_text_image": 300, "align_text_audio": 300, "align_audio_video": 600,
 }
