@@ -22,7 +22,7 @@
    error of the mean and of the paired difference.
 4. **Frechet distances in nano space** between the nano CLIP/CLAP embeddings
    of the text->image/video/audio outputs and of the real held-out samples,
-   beside the floor a perfect generator would reach at the same N.
+   beside the distance of as many real train-split samples.
 """
 from __future__ import annotations
 
@@ -163,10 +163,11 @@ def per_attribute(read: list[dict], test: list, attributes) -> dict[str, float]:
 def frechet_in_nano_space(pipe, generated: dict[str, torch.Tensor], test: list) -> dict:
     """Frechet distance (clean-fid's) between nano CLIP/CLAP embeddings of text->X outputs and real held-out X.
 
-    ``floor`` is the same distance between two disjoint sets of *real* samples
-    of the same size (train split vs the held-out ones): what a perfect
-    generator would score at this N. Nano-space numbers: never comparable
-    with Inception FID or VGGish FAD.
+    ``real_reference`` is the same distance for as many *real* train-split
+    samples against the same held-out ones: the scale of sampling noise at
+    this N. Generated outputs share the held-out prompts' attributes while the
+    train samples do not, so a good generator can come below it. Nano-space
+    numbers: never comparable with Inception FID or VGGish FAD.
     """
     from cleanfid.fid import frechet_distance
 
@@ -184,7 +185,7 @@ def frechet_in_nano_space(pipe, generated: dict[str, torch.Tensor], test: list) 
         mu_f, sigma_f = statistics(encode(fake))
         mu_o, sigma_o = statistics(encode(other))
         result[modality] = {"fd": float(frechet_distance(mu_f, sigma_f, mu_r, sigma_r)),
-                            "floor": float(frechet_distance(mu_o, sigma_o, mu_r, sigma_r)), "n": len(test),
+                            "real_reference": float(frechet_distance(mu_o, sigma_o, mu_r, sigma_r)), "n": len(test),
                             "features": f"nano {'CLAP' if modality == 'audio' else 'CLIP'} {modality} embedding"}
     return result
 
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
 
     random.seed(0)
     pipe = load_nano(args.weights or NANO_DIR)
-    report = evaluate(pipe, train_classifiers(steps=args.classifier_steps), args.samples, args.steps, args.guidance_scale)
+    report = evaluate(pipe, train_classifiers(steps=args.classifier_steps), args.samples, args.steps,
+                      args.guidance_scale)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -113,7 +113,7 @@ def test_nano_eval_scores_every_task_on_an_export(trained) -> None:
     for task in report["tasks"].values():
         assert 0 <= task["accuracy"] <= min(task["per_attribute"].values()) <= 1
     assert set(report["frechet_nano"]) == {"image", "video", "audio"}
-    assert all(v["fd"] >= 0 and v["floor"] >= 0 for v in report["frechet_nano"].values())
+    assert all(v["fd"] >= 0 and v["real_reference"] >= 0 for v in report["frechet_nano"].values())
     assert set(report["sim"]) >= {"joint", "independent", "joint_minus_independent"}
 
 
