@@ -33,7 +33,6 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -169,23 +168,16 @@ def frechet_in_nano_space(pipe, generated: dict[str, torch.Tensor], test: list) 
     train samples do not, so a good generator can come below it. Nano-space
     numbers: never comparable with Inception FID or VGGish FAD.
     """
-    from cleanfid.fid import frechet_distance
-
-    def statistics(features: torch.Tensor):
-        features = features.double().numpy()
-        return features.mean(0), np.cov(features, rowvar=False)
+    from metrics.frechet import GaussianStats, frechet_distance  # clean-fid's distance, float64 statistics
 
     train = [world_sample(i, "train", WorldConfig()) for i in range(len(test))]
     result = {}
     for modality, fake in generated.items():
-        real = torch.stack([getattr(s, modality) for s in test])
-        other = torch.stack([getattr(s, modality) for s in train])
         encode = getattr(pipe.encoders, f"encode_{modality}")
-        mu_r, sigma_r = statistics(encode(real))
-        mu_f, sigma_f = statistics(encode(fake))
-        mu_o, sigma_o = statistics(encode(other))
-        result[modality] = {"fd": float(frechet_distance(mu_f, sigma_f, mu_r, sigma_r)),
-                            "real_reference": float(frechet_distance(mu_o, sigma_o, mu_r, sigma_r)), "n": len(test),
+        real, other = (GaussianStats.from_features(encode(torch.stack([getattr(s, modality) for s in samples])))
+                       for samples in (test, train))
+        result[modality] = {"fd": frechet_distance(GaussianStats.from_features(encode(fake)), real),
+                            "real_reference": frechet_distance(other, real), "n": len(test),
                             "features": f"nano {'CLAP' if modality == 'audio' else 'CLIP'} {modality} embedding"}
     return result
 
