@@ -29,6 +29,30 @@ def test_multi_positive_nce_prefers_aligned_embeddings() -> None:
     assert aligned < shuffled
 
 
+def test_release_initialisation_makes_joint_generation_start_equal_to_independent() -> None:
+    from codi.config import diffusion_preset
+    from codi.joint import CoDiDiffusion
+    from codi.unets.unet import release_initialisation_
+
+    torch.manual_seed(0)
+    model = CoDiDiffusion(diffusion_preset("tiny").replace(env_attention="others")).eval()
+    x = {"image": torch.randn(2, 4, 8, 8), "audio": torch.randn(2, 8, 8, 4)}
+    t, context = torch.tensor([10, 500]), torch.randn(2, 1, 64)
+    with torch.no_grad():
+        differs = (model(x, t, context)["audio"] - model({"audio": x["audio"]}, t, context)["audio"]).abs().max()
+        assert differs > 1e-3  # PyTorch's default initialisation: the connectors change the output
+        for modality in ("image", "audio"):
+            release_initialisation_(model.unet(modality))
+        assert model({"audio": x["audio"]}, t, context)["audio"].abs().max() == 0  # a fresh UNet predicts 0
+        for name, p in model.named_parameters():  # "train" the UNets, leave the latent alignment untouched
+            if "connectors" not in name:
+                p.normal_(0, 0.1)
+        joint, alone = model(x, t, context), {m: model({m: v}, t, context)[m] for m, v in x.items()}
+    assert alone["audio"].abs().max() > 0
+    for modality in x:
+        torch.testing.assert_close(joint[modality], alone[modality], rtol=0, atol=1e-6)
+
+
 def test_stage_dependencies_follow_the_stage_order() -> None:
     """``--jobs`` starts a stage once its DEPENDS are done; sequential runs use STAGES' order: they must agree."""
     assert set(DEPENDS) == set(STAGES)
