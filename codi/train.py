@@ -40,8 +40,15 @@ from its last checkpoint; a finished stage is skipped. Losses are appended to
 (:data:`DEPENDS`) side by side, each in its own process with one thread;
 on 2 cores the image UNet then ran at 118 ms/step beside the audio UNet's
 224 (94 and 140 alone with two threads): 19 min for the four diffusion
-stages instead of 27. The shipped ``text_vae`` ran 3000 steps and was then
-resumed to 6000 (one cosine schedule continued, not a fresh 6000-step one).
+stages instead of 27.
+
+Every UNet built here gets :func:`codi.unets.unet.release_initialisation_`
+(the release's zero-initialised residual branches) before its first step.
+The shipped weights were not made by one uninterrupted run: the image and
+audio autoencoders come from the first run and the CLIP/CLAP towers from
+the second (both with this code's steps), and ``text_vae``, ``latents``,
+every diffusion stage and the alignment chain were then run again with the
+current code and :data:`STEPS` (the README lists the times).
 """
 from __future__ import annotations
 
@@ -286,7 +293,7 @@ def stage_text_vae(run: Run) -> None:
         mu, logvar = model.encoder_latent(pooled).chunk(2, dim=-1)
         # the first 30 % of steps are a plain autoencoder (u = mu): with posterior noise from step 0 the
         # attribute learnt last, the motion, stayed under the noise (mu 0.03 apart, std 0.2) and was never
-        # encoded (round trip at chance after 6000 steps); warmed up this way it is 1.00 after 2000
+        # encoded (round trip at chance after 6000 steps); warmed up this way it is 0.98 after 2000
         deterministic = run.step < 0.3 * steps
         u = mu if deterministic else mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         ids = [[gpt2.bos_token_id] + gpt2.encode(t) + [gpt2.eos_token_id] for t in texts]
