@@ -334,11 +334,11 @@ def release_initialisation_(unet: UNet) -> UNet:
     output projection; its temporal frame and frame-rate embeddings are
     ``randn``. So a fresh UNet predicts zero, the temporal blocks start as the
     identity on top of a trained image UNet (video = the image model per
-    frame), and the connectors start as the identity, so that joint
-    generation starts exactly equal to independent generation and latent
-    alignment can only add to it. The constructors keep PyTorch's default
-    initialisation (random-weight tests then exercise every path);
-    ``python -m codi.train`` calls this on every UNet it builds. The
+    frame), and the connectors start as the identity, so that latent
+    alignment starts from joint generation exactly equal to independent
+    generation. The constructors keep PyTorch's default initialisation
+    (random-weight tests then exercise every path); ``python -m codi.train``
+    calls this on every UNet before its first training step. The
     environment encoder's head is left alone: its output is L2-normalised.
 
     Measured on CoDi-nano without it: the joint denoiser's audio loss with
