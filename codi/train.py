@@ -577,10 +577,10 @@ def stage_export(run: Run, destination: Path | None = None) -> None:
     from codi.nano import export_nano
 
     scales = json.loads((run.out / "latents.done").read_text())["scales"]
-    parts = build_components(run.preset, scales)
-    for name in ("image_vae", "audio_vae", "text_vae", "encoders"):
-        load_stage(run, name, parts[name])
-    parts["diffusion"].load_state_dict(_load_diffusion(run).state_dict())
+    stage_files = ("image_vae", "audio_vae", "text_vae", "encoders")
+    parts = {name: load_stage(run, name, module)
+             for name, module in build_components(run.preset, scales, only=stage_files).items()}
+    parts["diffusion"] = _load_diffusion(run)  # the UNet files and the alignment, built once
     steps: dict[str, int] = {}
     for line in (run.out / "log.jsonl").read_text().splitlines():
         entry = json.loads(line)
