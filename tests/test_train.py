@@ -8,7 +8,7 @@ import torch
 
 from codi.checkpoint import CheckpointError
 from codi.nano import load_nano, read_manifest
-from codi.train import DEPENDS, STAGES, _without_options, agreement, main, multi_positive_nce, partial_caption
+from codi.train import DEPENDS, STAGES, STEPS, _without_options, agreement, main, multi_positive_nce, partial_caption
 
 
 def test_partial_captions_and_agreement() -> None:
@@ -86,7 +86,7 @@ def test_finished_stages_are_skipped_and_a_stage_resumes(trained) -> None:
     assert main(args) == 0  # everything done: nothing reruns
     assert (out / "unet_text.safetensors").stat().st_mtime_ns == before
     ckpt = torch.load(out / "diffusion_text.ckpt", weights_only=True)
-    assert ckpt["step"] == 3  # 3000 * 0.001 steps, checkpointed every step
+    assert ckpt["step"] == round(STEPS["diffusion_text"] * 0.001)  # --steps-scale 0.001, checkpointed every step
     assert main(args[:-1] + ["--stage", "diffusion_text", "--no-progress"]) == 0  # resumes at its last step
 
 
