@@ -135,6 +135,17 @@ def _is_zip(path: Path) -> bool:
         return False
 
 
+def ordinary_permissions(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open`` would (0666 less the umask).
+
+    ``tempfile.mkstemp`` and safetensors' writer both create 0600 files, which
+    a rename into place would otherwise keep.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
     """Write a state dict atomically (temporary file, then rename); format by suffix."""
     path = Path(path)
@@ -148,6 +159,7 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
         save_file(tensors, str(tmp))
     else:
         torch.save(tensors, tmp)
+    ordinary_permissions(tmp)
     os.replace(tmp, path)
 
 

@@ -18,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from codi.audio import read_audio
+from codi.checkpoint import ordinary_permissions
 
 __all__ = ["save_image", "save_video", "save_audio", "load_image", "load_video", "read_audio", "load_input"]
 
@@ -33,6 +34,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        ordinary_permissions(tmp)  # mkstemp makes 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -9,14 +9,13 @@ audio ``[T]`` float in [-1, 1] at 16 kHz; text ``str``. Every writer is atomic
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
 from math import gcd
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
+
+from metrics.store import atomic_path
 
 __all__ = ["AUDIO_RATE", "EXTENSIONS", "MediaError", "atomic_path", "save_sample", "load_sample", "load_image", "load_audio",
            "load_video", "square_resize", "fit_audio", "sample_frames"]
@@ -39,21 +38,6 @@ def _readable(path: str | os.PathLike, what: str) -> Path:
     if path.stat().st_size == 0:
         raise MediaError(f"{what} file {path} is empty (0 bytes): a truncated copy or an interrupted write?")
     return path
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed to ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _uint8_hwc(x: torch.Tensor) -> np.ndarray:

@@ -36,8 +36,9 @@ import json
 import os
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -54,16 +55,30 @@ class StoreError(ValueError):
     """A cached feature file cannot be used (made from a different dataset record)."""
 
 
-def _atomic_write(path: Path, write) -> None:
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same suffix), renamed to ``path`` only if the block succeeds.
+
+    The file gets the permissions an ordinary ``open`` would give it (``mkstemp`` makes 0600).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _atomic_write(path: Path, write) -> None:
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

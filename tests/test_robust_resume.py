@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -231,3 +232,25 @@ def test_settings_files_record_what_made_the_folders(world, clip_dir):
     assert feats["preprocessing"]["image_size"] == 32
     assert feats["metrics"]["fid"]["extractor"].endswith("clip_features-32")
     assert set(feats["metrics"]) == {"fid", "clip_score"}
+
+
+def test_atomically_written_files_get_ordinary_permissions(tmp_path):
+    """``mkstemp`` and safetensors create 0600 files; nothing written through a rename may keep that mode."""
+    from codi.checkpoint import save_state_dict
+    from codi.io import save_image
+    from metrics.store import FeatureStore, check_settings
+
+    previous = os.umask(0o022)
+    try:
+        written = [tmp_path / "a.safetensors", tmp_path / "a.pt", tmp_path / "codi.png", tmp_path / "metrics.png"]
+        save_state_dict({"w": torch.zeros(2)}, written[0])
+        save_state_dict({"w": torch.zeros(2)}, written[1])
+        save_image(torch.zeros(3, 4, 4), written[2])
+        save_sample("image", torch.zeros(3, 4, 4), written[3])
+        written.append(FeatureStore(tmp_path / "features").save("x", {"f": np.zeros(2)}))
+        check_settings(tmp_path / "folder", {"a": 1}, "samples")
+        written.append(next((tmp_path / "folder").iterdir()))
+    finally:
+        os.umask(previous)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary files left behind
