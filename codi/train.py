@@ -658,8 +658,9 @@ def run_parallel(argv: list[str], out: Path, jobs: int, threads: int) -> int:
     done = {stage for stage in STAGES if (out / f"{stage}.done").exists()}
     running: dict[str, subprocess.Popen] = {}
     while len(done) < len(STAGES):
-        ready = [stage for stage in STAGES if stage not in done and stage not in running
-                 and all(d in done for d in DEPENDS[stage])][:jobs - len(running)]
+        ready = sorted((stage for stage in STAGES if stage not in done and stage not in running
+                        and all(d in done for d in DEPENDS[stage])), key=lambda s: -chain_length(s))
+        ready = ready[:jobs - len(running)]
         share = max(1, threads // max(1, len(running) + len(ready)))  # alone (latents, alignment): every thread
         for stage in ready:
             command = [sys.executable, "-m", "codi.train", *base, "--stage", stage, "--threads", str(share),
@@ -678,6 +679,14 @@ def run_parallel(argv: list[str], out: Path, jobs: int, threads: int) -> int:
                 return 1
             done.add(stage)
     return 0
+
+
+def chain_length(stage: str) -> int:
+    """Stages in the longest chain from ``stage`` to the end (itself included): ``run_parallel`` starts the
+    ready stage with the longest chain first (clip before the autoencoders, the image UNet before the text
+    UNet before the audio UNet); in the order of :data:`STAGES`, clip waited 8 min for two autoencoders."""
+    after = [s for s, needs in DEPENDS.items() if stage in needs]
+    return 1 + max((chain_length(s) for s in after), default=0)
 
 
 def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
