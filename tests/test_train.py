@@ -8,7 +8,8 @@ import torch
 
 from codi.checkpoint import CheckpointError
 from codi.nano import load_nano, read_manifest
-from codi.train import DEPENDS, STAGES, STEPS, _without_options, agreement, main, multi_positive_nce, partial_caption
+from codi.train import (DEPENDS, STAGES, STEPS, _without_options, agreement, chain_length, main, multi_positive_nce,
+                        partial_caption)
 
 
 def test_partial_captions_and_agreement() -> None:
@@ -60,6 +61,14 @@ def test_stage_dependencies_follow_the_stage_order() -> None:
         assert all(STAGES.index(need) < STAGES.index(stage) for need in needs), stage
     assert _without_options(["--out", "x", "--stage", "all", "--jobs=2", "--threads", "2", "--seed", "1"],
                             ("--stage", "--jobs", "--threads")) == ["--out", "x", "--seed", "1"]
+
+
+def test_parallel_runs_start_the_longest_chain_first() -> None:
+    """The critical path (CLIP -> CLAP -> latents -> image/video UNet -> alignment) starts before side stages."""
+    assert chain_length("data") == len(STAGES) - 5  # the three autoencoders and the audio/text UNets branch off
+    assert chain_length("clip") > chain_length("image_vae") == chain_length("audio_vae") == chain_length("text_vae")
+    assert chain_length("diffusion_image") > chain_length("diffusion_text") > chain_length("diffusion_audio")
+    assert chain_length("export") == 1
 
 
 @pytest.fixture(scope="module")
