@@ -74,8 +74,8 @@ STAGES = ("data", "image_vae", "audio_vae", "text_vae", "clip", "clap", "latents
           "align_audio_video", "export")
 STEPS = {  # default optimisation steps per stage (scaled by --steps-scale); what the shipped nano used
     "image_vae": 600, "audio_vae": 350, "text_vae": 2000, "clip": 3000, "clip_video": 1000, "clap": 1400,
-    "diffusion_image": 4000, "diffusion_video": 800, "diffusion_audio": 3000, "diffusion_text": 5000,
-    "align_text_image": 300, "align_text_audio": 300, "align_audio_video": 300,
+    "diffusion_image": 3600, "diffusion_video": 800, "diffusion_audio": 2700, "diffusion_text": 4000,
+    "align_text_image": 200, "align_text_audio": 200, "align_audio_video": 300,
 }
 ATTRIBUTE_ORDER = ("size", "colour", "shape", "motion")
 REVERSED_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up"}  # a video played backwards
