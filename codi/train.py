@@ -326,7 +326,8 @@ def stage_clip(run: Run) -> None:
     attributes, video = data["attributes"], data["video"]
 
     def pair_loss(rng, modality):
-        idx = [rng.randrange(len(attributes)) for _ in range(48 if modality == "image" else 8)]  # video: ~22 with negatives
+        # 8 videos: about 22 clips with the negatives below
+        idx = [rng.randrange(len(attributes)) for _ in range(48 if modality == "image" else 8)]
         keys = [attributes[i] for i in idx]
         if modality == "video":
             # hard negatives that differ from a clip only in motion: its time reversal (the opposite direction;

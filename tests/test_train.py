@@ -164,7 +164,13 @@ def test_classifiers_read_real_data() -> None:
             assert sum(r[attribute] == s.attributes[attribute] for r, s in zip(read, test)) / len(test) >= 0.75
 
 
-def test_shipped_nano_weights_load_with_checksums() -> None:
+@pytest.fixture(scope="module")
+def shipped():
+    """The package's own CoDi-nano, loaded (and its checksums verified) once for the tests below."""
+    return load_nano()
+
+
+def test_shipped_nano_weights_load_with_checksums(shipped) -> None:
     """The package's own CoDi-nano (codi/weights/nano) is complete and passes its checksums."""
     from codi.nano import NANO_DIR
 
@@ -172,15 +178,14 @@ def test_shipped_nano_weights_load_with_checksums() -> None:
     assert manifest["model"] == "codi-nano" and "optimised_steps" in manifest
     total = sum((NANO_DIR / name).stat().st_size for name in manifest["sha256"])
     assert total <= 25 * 2**20
-    pipe = load_nano()
-    assert pipe.latent_size.image_size == 32 and pipe.diffusion.config.env_attention == "others"
+    assert shipped.latent_size.image_size == 32 and shipped.diffusion.config.env_attention == "others"
 
 
-def test_shipped_text_vae_keeps_every_attribute_through_its_round_trip() -> None:
+def test_shipped_text_vae_keeps_every_attribute_through_its_round_trip(shipped) -> None:
     """Encoding then decoding held-out captions keeps size, colour, shape and motion (motion was once at chance)."""
     from codi.data.world import ATTRIBUTES, parse_caption, world_sample
 
-    text_vae = load_nano().autoencoders["text"]
+    text_vae = shipped.autoencoders["text"]
     test = [world_sample(i, "test") for i in range(64)]
     with torch.no_grad():
         decoded = text_vae.decode(text_vae.encode([s.text for s in test]))
@@ -189,7 +194,7 @@ def test_shipped_text_vae_keeps_every_attribute_through_its_round_trip() -> None
         assert kept >= 0.9, (attribute, kept)
 
 
-def test_shipped_towers_tell_every_motion_apart() -> None:
+def test_shipped_towers_tell_every_motion_apart(shipped) -> None:
     """Captions, and videos, that differ only in motion are far apart in the shipped prompt space.
 
     With time reversals as the only hard negatives the towers once held motion on one diagonal axis:
@@ -197,13 +202,12 @@ def test_shipped_towers_tell_every_motion_apart() -> None:
     """
     from itertools import combinations
 
-    from codi.data.world import MOTIONS, WorldConfig, render_video
+    from codi.data.world import MOTIONS, WorldConfig, caption, render_video
 
-    encoders = load_nano().encoders
-    captions = encoders.encode_text([f"a large red square moves {m}" for m in MOTIONS])
-    videos = encoders.encode_video(torch.stack([
-        render_video({"size": "large", "colour": "red", "shape": "square", "motion": m}, WorldConfig(),
-                     torch.Generator().manual_seed(0)) for m in MOTIONS]))
+    events = [{"size": "large", "colour": "red", "shape": "square", "motion": m} for m in MOTIONS]
+    captions = shipped.encoders.encode_text([caption(e) for e in events])
+    videos = shipped.encoders.encode_video(torch.stack([
+        render_video(e, WorldConfig(), torch.Generator().manual_seed(0)) for e in events]))
     for embeddings in (captions, videos):
         distances = [1 - float(embeddings[i] @ embeddings[j]) for i, j in combinations(range(len(MOTIONS)), 2)]
         assert min(distances) > 0.1, distances
