@@ -45,11 +45,11 @@ Every UNet built here gets :func:`codi.unets.unet.release_initialisation_`
 (the release's zero-initialised residual branches) before its first step.
 The shipped weights (``codi/weights/nano``) are the export of one
 uninterrupted run of ``python -m codi.train --preset nano --stage all
---threads 2 --jobs 2`` from an empty folder: 54 min 51 s on 2 cores, 2.3 GB
-peak memory. The critical path is data, ``clip`` (26.2 min on one thread:
-clip_video alone is 1.0 s a step), ``clap`` (5.8), ``latents`` (1.8), the
-image then video UNet (7.7 + 9.0, beside text 4.9 then audio 9.9) and the
-alignment chain (3.5); the autoencoders run beside ``clip``.
+--threads 2 --jobs 2`` from an empty folder: 53 min 58 s on 2 cores, 2.3 GB
+peak memory. The critical path is data, ``clip`` (22.5 min on one thread:
+clip_video alone is 1.0 s a step), ``clap`` (4.1), ``latents`` (1.6), the
+image then video UNet (10.4 + 11.0, beside text 4.4 then audio 15.9) and
+the alignment chain (3.5); the autoencoders run beside ``clip``.
 """
 from __future__ import annotations
 
