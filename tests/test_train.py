@@ -213,3 +213,22 @@ def test_shipped_towers_tell_every_motion_apart(shipped) -> None:
         assert min(distances) > 0.1, distances
     retrieved = (videos @ captions.T).argmax(1)
     assert retrieved.tolist() == list(range(len(MOTIONS)))  # each video's closest caption names its motion
+
+
+@pytest.mark.xfail(strict=True, reason="known: the shipped text tower lost shape in CLIP's video phase (circle/square "
+                   "and triangle/diamond captions ~0.04 apart); README 'What the shipped CoDi-nano does' has the "
+                   "measured fix. A model that keeps shapes apart makes this pass: then drop the mark.")
+def test_shipped_towers_tell_every_shape_apart(shipped) -> None:
+    """Captions that differ only in shape are far apart in the shipped prompt space, like motions.
+
+    Shipped towers: at least 0.030-0.038 apart; towers trained with the measured fix: 0.104-0.196.
+    """
+    from itertools import combinations
+
+    from codi.data.world import SHAPES, caption
+
+    for colour in ("red", "blue", "white"):
+        events = [{"size": "large", "colour": colour, "shape": s, "motion": "left"} for s in SHAPES]
+        captions = shipped.encoders.encode_text([caption(e) for e in events])
+        distances = [1 - float(captions[i] @ captions[j]) for i, j in combinations(range(len(SHAPES)), 2)]
+        assert min(distances) > 0.08, (colour, distances)
