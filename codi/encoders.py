@@ -63,6 +63,7 @@ __all__ = [
     "prompt_encoder_preset",
     "PromptEncoders",
     "TemporalBlock",
+    "bytes_to_unicode",
     "clip_tokenizer",
     "clip_pixels",
     "to_rgb",
@@ -167,7 +168,7 @@ def prompt_encoder_preset(name: str) -> PromptEncoderConfig:
 
 
 # ------------------------------------------------------------------ tokenizer
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte -> printable unicode character table (the byte-level BPE alphabet)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     chars = printable[:]
@@ -205,7 +206,7 @@ def clip_tokenizer(bpe_path: str | None = None):
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab_list = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate(vocab_list)}

@@ -490,7 +490,9 @@ def _unet_file(run: Run, modality: str) -> Path:
 
 
 def _load_diffusion(run: Run):
-    """The joint model with every UNet trained so far (``unet_<m>.safetensors``) and the alignment (``alignment.safetensors``).
+    """The joint model with every UNet trained so far (``unet_<m>.safetensors``) and the alignment.
+
+    The alignment (environment encoders, connectors) is ``alignment.safetensors``.
 
     Each modality's diffusion stage writes only its own UNet file, so the
     stages for different UNets are independent and may run at the same time
@@ -660,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_parallel(argv: list[str], out: Path, jobs: int, threads: int) -> int:
-    """Run every unfinished stage as ``python -m codi.train --stage <s>``, up to ``jobs`` at a time, in dependency order.
+    """Run every unfinished stage as ``python -m codi.train --stage <s>`` in dependency order, ``jobs`` at a time.
 
     ``threads`` torch threads are shared among the stages started together.
     """

@@ -31,9 +31,9 @@ def bert_char_vocab() -> list[str]:
 
 def byte_symbols() -> list[str]:
     """GPT-2's reversible byte -> printable-character table, in byte order (the CLIP tokenizer's alphabet too)."""
-    from codi.encoders import _bytes_to_unicode
+    from codi.encoders import bytes_to_unicode
 
-    table = _bytes_to_unicode()
+    table = bytes_to_unicode()
     return [table[b] for b in range(256)]
 
 

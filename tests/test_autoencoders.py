@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from codi.audio import AUDIOLDM_MEL, audioldm_log_mel, mel_filterbank
 from codi.autoencoders import (AudioAutoencoder, ImageAutoencoder, TextAutoencoder, audio_vae_preset,
                                image_vae_preset, text_vae_preset)
-from codi.encoders import _bytes_to_unicode
+from codi.encoders import bytes_to_unicode
 from codi.text_vae import load_bert_tokenizer, load_gpt2_tokenizer
 
 
@@ -79,7 +79,7 @@ def text_vae(tmp_path_factory):
     (root / "bert").mkdir()
     (root / "bert" / "vocab.txt").write_text("\n".join(words[:64]) + "\n")
     (root / "gpt2").mkdir()
-    vocab = {ch: i for i, ch in enumerate(_bytes_to_unicode().values())}
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
     vocab["<|endoftext|>"] = 256
     (root / "gpt2" / "vocab.json").write_text(json.dumps(vocab))
     (root / "gpt2" / "merges.txt").write_text("#version: 0.2\n")
