@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from codi.checkpoint import CheckpointError
+from codi.checkpoint import CheckpointError, read_state_dict
 from codi.nano import load_nano, read_manifest
 from codi.train import (DEPENDS, STAGES, STEPS, _without_options, agreement, chain_length, main, multi_positive_nce,
                         partial_caption)
@@ -97,6 +101,23 @@ def test_finished_stages_are_skipped_and_a_stage_resumes(trained) -> None:
     ckpt = torch.load(out / "diffusion_text.ckpt", weights_only=True)
     assert ckpt["step"] == round(STEPS["diffusion_text"] * 0.001)  # --steps-scale 0.001, checkpointed every step
     assert main(args[:-1] + ["--stage", "diffusion_text", "--no-progress"]) == 0  # resumes at its last step
+
+
+def test_a_stage_gives_the_same_weights_in_every_process(trained, tmp_path) -> None:
+    """Seeds must not depend on the process: ``hash()`` of a string is salted per process (PYTHONHASHSEED)."""
+    out, args = trained
+    weights = []
+    for salt in ("1", "2"):
+        run = tmp_path / salt
+        run.mkdir()
+        shutil.copy(out / "data.pt", run)
+        shutil.copy(out / "data.done", run)
+        command = [sys.executable, "-m", "codi.train", *args[2:], "--out", str(run), "--stage", "image_vae",
+                   "--threads", "1"]
+        subprocess.run(command, env={**os.environ, "PYTHONHASHSEED": salt}, check=True)
+        weights.append(read_state_dict(run / "image_vae.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
 
 
 def test_export_loads_as_a_pipeline_and_checks_checksums(trained, tmp_path) -> None:
