@@ -45,11 +45,12 @@ Every UNet built here gets :func:`codi.unets.unet.release_initialisation_`
 (the release's zero-initialised residual branches) before its first step.
 The shipped weights (``codi/weights/nano``) are the export of one
 uninterrupted run of ``python -m codi.train --preset nano --stage all
---threads 2 --jobs 2`` from an empty folder at commit 8923fd2 (the README
-lists what changed since): 53 min 58 s on 2 cores, 2.3 GB peak memory. The critical path is data, ``clip`` (22.5 min on one thread:
-clip_video alone is 1.0 s a step), ``clap`` (4.1), ``latents`` (1.6), the
-image then video UNet (10.4 + 11.0, beside text 4.4 then audio 15.9) and
-the alignment chain (3.5); the autoencoders run beside ``clip``.
+--threads 2 --jobs 2`` from an empty folder: 58 min 17 s on 2 cores, 2.5 GB
+peak memory. The critical path is data, ``clip`` (25.3 min on one thread:
+clip_video alone is 1.27 s a step), ``clap`` (4.3), ``latents`` (1.8), the
+image then video UNet (10.5 + 11.2, beside text 4.5 then audio 15.7) and
+the alignment chain (4.2); the autoencoders run beside ``clip`` (5.2 + 13.2
++ 5.4 min: 1.5 min to spare).
 """
 from __future__ import annotations
 
