@@ -112,8 +112,8 @@ def test_a_stage_gives_the_same_weights_in_every_process(trained, tmp_path) -> N
         run.mkdir()
         shutil.copy(out / "data.pt", run)
         shutil.copy(out / "data.done", run)
-        command = [sys.executable, "-m", "codi.train", *args[2:], "--out", str(run), "--stage", "image_vae",
-                   "--threads", "1"]
+        command = [sys.executable, "-m", "codi.train", *_without_options(args, ("--out",)), "--out", str(run),
+                   "--stage", "image_vae", "--threads", "1"]
         subprocess.run(command, env={**os.environ, "PYTHONHASHSEED": salt}, check=True)
         weights.append(read_state_dict(run / "image_vae.safetensors"))
     assert weights[0].keys() == weights[1].keys()
@@ -121,8 +121,6 @@ def test_a_stage_gives_the_same_weights_in_every_process(trained, tmp_path) -> N
 
 
 def test_export_loads_as_a_pipeline_and_checks_checksums(trained, tmp_path) -> None:
-    import shutil
-
     out, _ = trained
     export = out / "export"
     manifest = read_manifest(export)
