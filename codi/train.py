@@ -133,13 +133,18 @@ def multi_positive_nce(a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor
 
 
 # ------------------------------------------------------------------ run state
+def seeded_random(*parts) -> random.Random:
+    """A Python generator seeded with the string ``"part/part/..."``: the same in every process."""
+    return random.Random("/".join(map(str, parts)))
+
+
 def stable_seed(*parts) -> int:
-    """A 63-bit seed from ``parts``, the same in every process.
+    """A 63-bit seed from ``parts`` for torch, the same in every process.
 
     ``hash()`` of a tuple holding a string is salted per process (PYTHONHASHSEED), so seeding torch with it made
     every run draw different noise: two runs of the same command gave different weights.
     """
-    return random.Random("/".join(map(str, parts))).getrandbits(63)
+    return seeded_random(*parts).getrandbits(63)
 
 
 class Run:
@@ -193,7 +198,7 @@ class Run:
             optimizer.load_state_dict(saved["optimizer"])
             schedule.load_state_dict(saved["schedule"])
             start = int(saved["step"])
-        rng = random.Random(f"{self.seed}/{stage}/{start}")
+        rng = seeded_random(self.seed, stage, start)
         torch.manual_seed(stable_seed(self.seed, stage, start))
         module.train()
         bar = tqdm(range(start, steps), initial=start, total=steps, desc=stage, disable=not self.progress)
