@@ -169,6 +169,28 @@ def test_nano_eval_scores_every_task_on_an_export(trained) -> None:
     assert set(report["sim"]) >= {"joint", "independent", "joint_minus_independent"}
 
 
+def test_nano_eval_prompt_sets_tasks_and_guidance_choice(trained) -> None:
+    """Validation prompts are disjoint from the evaluation ones; a task subset runs alone; ties pick the smaller scale."""
+    from codi import nano_eval
+
+    out, _ = trained
+    pipe = load_nano(out / "export")
+    classifiers = nano_eval.train_classifiers(samples=8, steps=2)
+    report = nano_eval.evaluate(pipe, classifiers, samples=2, steps=1, prompts="validation", tasks=["image->text"])
+    assert set(report["tasks"]) == {"image->text"} and "sim" not in report and "frechet_nano" not in report
+    assert report["settings"]["first_test_index"] == nano_eval.PROMPT_SETS["validation"]
+    assert report["settings"]["guidance_scale"] == {"image->text": nano_eval.GUIDANCE["image->text"]}
+    with pytest.raises(ValueError, match="overlap"):
+        nano_eval.evaluate(pipe, classifiers, samples=nano_eval.PROMPT_SETS["validation"] + 1, steps=1)
+    with pytest.raises(ValueError, match="unknown task"):
+        nano_eval.evaluate(pipe, classifiers, samples=2, steps=1, tasks=["text->smell"])
+    with pytest.raises(ValueError, match="unknown prompt set"):
+        nano_eval.evaluate(pipe, classifiers, samples=2, steps=1, prompts="train")
+    assert nano_eval.best_scale({3.0: 0.80, 5.0: 0.86, 8.0: 0.86}) == 5.0
+    assert nano_eval.best_scale({3.0: 0.72, 5.0: 0.69, 8.0: 0.69}) == 3.0
+    assert set(nano_eval.GUIDANCE) == {f"{s}->{t}" for s, t in nano_eval.TASKS} | {nano_eval.SIM_TASK}
+
+
 def test_classifiers_read_real_data() -> None:
     """The attribute classifiers nano_eval trains are accurate on real held-out data (else its scores mean little)."""
     from codi import nano_eval
