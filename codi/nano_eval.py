@@ -38,7 +38,6 @@ import json
 import math
 import random
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -281,14 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier-steps", type=int, default=1000)
     parser.add_argument("--out", default="runs/nano/eval.json")
     args = parser.parse_args(argv)
+    scales = None
+    if args.sweep_guidance:
+        if args.guidance_scale is not None:
+            parser.error("give either --guidance-scale or --sweep-guidance, not both")
+        try:
+            scales = [float(g) for g in args.sweep_guidance.split(",")]
+        except ValueError:
+            parser.error(f"--sweep-guidance takes comma-separated numbers, got {args.sweep_guidance!r}")
     from codi.io import atomic_path
     from codi.nano import NANO_DIR, load_nano
 
     random.seed(0)
     pipe = load_nano(args.weights or NANO_DIR)
     classifiers = train_classifiers(steps=args.classifier_steps)
-    if args.sweep_guidance:
-        scales = [float(g) for g in args.sweep_guidance.split(",")]
+    if scales:
         report = sweep_guidance(pipe, classifiers, scales, args.samples, args.steps, args.prompts or "validation")
     else:
         report = evaluate(pipe, classifiers, args.samples, args.steps, args.guidance_scale,

@@ -186,6 +186,9 @@ def test_nano_eval_prompt_sets_tasks_and_guidance_choice(trained) -> None:
         nano_eval.evaluate(pipe, classifiers, samples=2, steps=1, tasks=["text->smell"])
     with pytest.raises(ValueError, match="unknown prompt set"):
         nano_eval.evaluate(pipe, classifiers, samples=2, steps=1, prompts="train")
+    for argv in (["--guidance-scale", "3", "--sweep-guidance", "3,5"], ["--sweep-guidance", "3,high"]):
+        with pytest.raises(SystemExit):
+            nano_eval.main(argv)
     assert nano_eval.best_scale({3.0: 0.80, 5.0: 0.86, 8.0: 0.86}) == 5.0
     assert nano_eval.best_scale({3.0: 0.72, 5.0: 0.69, 8.0: 0.69}) == 3.0
     assert set(nano_eval.GUIDANCE) == {f"{s}->{t}" for s, t in nano_eval.TASKS} | {nano_eval.SIM_TASK}
