@@ -52,6 +52,13 @@ VISIBLE = {  # attributes each modality shows
 TASKS = (("text", "image"), ("image", "text"), ("text", "audio"), ("audio", "text"), ("image", "audio"),
          ("audio", "image"), ("text", "video"), ("video", "text"))
 SIM_TASK = "text->video+audio"  # the joint-vs-independent SIM comparison
+
+
+def task_name(source: str, target: str) -> str:
+    return f"{source}->{target}"
+
+
+TASK_NAMES = tuple(task_name(s, t) for s, t in TASKS) + (SIM_TASK,)  # what `evaluate(tasks=...)` accepts
 PROMPT_SETS = {"evaluation": 0, "validation": 10_000}  # first index into the test split
 # Per task, chosen on the 64 validation prompts for the shipped weights (25 steps, scales 3 / 5 / 8), with
 # `python -m codi.nano_eval --prompts validation --sweep-guidance 3,5,8`; choose again for new weights.
@@ -134,10 +141,6 @@ def mean_and_stderr(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / n)
 
 
-def task_name(source: str, target: str) -> str:
-    return f"{source}->{target}"
-
-
 def evaluate(pipe, classifiers, samples: int = 64, steps: int = 25, guidance: float | dict[str, float] | None = None,
              seed: int = 0, prompts: str = "evaluation", tasks: list[str] | None = None) -> dict:
     """Score ``tasks`` (default: the eight single-output tasks and SIM) on ``samples`` prompts.
@@ -146,12 +149,11 @@ def evaluate(pipe, classifiers, samples: int = 64, steps: int = 25, guidance: fl
     """
     if prompts not in PROMPT_SETS:
         raise ValueError(f"unknown prompt set {prompts!r}; valid sets are {', '.join(PROMPT_SETS)}")
-    known = [task_name(s, t) for s, t in TASKS] + [SIM_TASK]
-    tasks = known if tasks is None else tasks
-    if unknown := [t for t in tasks if t not in known]:
-        raise ValueError(f"unknown task(s) {', '.join(unknown)}; valid tasks are {', '.join(known)}")
+    tasks = list(TASK_NAMES) if tasks is None else tasks
+    if unknown := [t for t in tasks if t not in TASK_NAMES]:
+        raise ValueError(f"unknown task(s) {', '.join(unknown)}; valid tasks are {', '.join(TASK_NAMES)}")
     if isinstance(guidance, (int, float)):
-        scales = {t: float(guidance) for t in known}
+        scales = {t: float(guidance) for t in TASK_NAMES}
     else:
         scales = {**GUIDANCE, **(guidance or {})}
     if samples > PROMPT_SETS["validation"]:
@@ -206,8 +208,7 @@ def sweep_guidance(pipe, classifiers, scales: list[float], samples: int = 64, st
             return report["sim"]["joint_minus_independent"]["mean"]
         return report["tasks"][task]["accuracy"]
 
-    tasks = [task_name(s, t) for s, t in TASKS] + [SIM_TASK]
-    table = {task: {g: score(r, task) for g, r in reports.items()} for task in tasks}
+    table = {task: {g: score(r, task) for g, r in reports.items()} for task in TASK_NAMES}
     best = {task: best_scale(scores) for task, scores in table.items()}
     return {"prompts": prompts, "samples": samples, "steps": steps, "scores": table, "best": best}
 
