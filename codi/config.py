@@ -54,6 +54,7 @@ class UNetConfig:
     temporal_heads: int = 8
     temporal_head_divisor: int = 4  # temporal attention head width = channels // this
     norm_groups: int = 32  # GroupNorm groups; the release always uses 32
+    temporal_context: bool = False  # CoDi-nano only: the prompt also enters the temporal attention (not in the release)
 
     def __post_init__(self) -> None:
         if self.kind not in ("spatial", "vector"):
@@ -123,14 +124,45 @@ class UNetConfig:
         )
 
 
+PREDICTIONS = ("epsilon", "v")
+TIMESTEP_SPACINGS = ("leading", "trailing")
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """The release's "linear" schedule: betas = linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2."""
+    """The noise schedule, what the UNets predict, and where the sampler's timesteps fall.
+
+    The defaults are the release's: the "linear" schedule (betas =
+    linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2), epsilon prediction and
+    its DDIM timesteps ``range(0, T, T // steps) + 1`` ("leading").
+
+    ``zero_terminal_snr`` rescales the schedule so that ``alpha_bar_{T-1} = 0``
+    (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are
+    Flawed", Alg. 1): the release's schedule ends at SNR 0.0047, so training
+    never shows the model pure noise and the model learns to read the layout
+    out of the noise instead of the prompt. At SNR 0 epsilon is fully
+    determined by ``z_T``, so it needs ``prediction="v"`` (``v = sqrt(a) eps -
+    sqrt(1 - a) z_0``, Salimans & Ho 2022), and the sampler must start at
+    ``t = T - 1`` (``timestep_spacing="trailing"``).
+    """
 
     beta_start: float = 0.00085
     beta_end: float = 0.012
     timesteps: int = 1000
     schedule: str = "linear"
+    prediction: str = "epsilon"  # what the UNet outputs: "epsilon" (the release) or "v"
+    zero_terminal_snr: bool = False
+    timestep_spacing: str = "leading"  # DDIM timesteps: "leading" (the release) or "trailing" (from t = T - 1)
+
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; valid: {', '.join(PREDICTIONS)}")
+        if self.timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"unknown timestep_spacing {self.timestep_spacing!r}; valid: "
+                             f"{', '.join(TIMESTEP_SPACINGS)}")
+        if self.zero_terminal_snr and self.prediction == "epsilon":
+            raise ValueError("zero_terminal_snr needs prediction='v': at SNR 0 the noise equals z_T, so an "
+                             "epsilon-predicting model carries no information about z_0 there")
 
     @classmethod
     def from_release(cls, args: Mapping[str, Any]) -> "ScheduleConfig":
@@ -226,6 +258,16 @@ def _tiny() -> DiffusionConfig:
     })
 
 
+NANO_SCHEDULE = ScheduleConfig(prediction="v", zero_terminal_snr=True, timestep_spacing="trailing")
+"""CoDi-nano's schedule: the release's betas rescaled to zero terminal SNR, v-prediction, trailing timesteps.
+
+With the release's schedule and epsilon prediction the nano video UNet took
+each clip's direction from the initial noise, never from the prompt (the
+README, "What the shipped CoDi-nano does"). Weights whose manifest names no
+schedule were trained with the release's (:func:`codi.nano.load_nano`).
+"""
+
+
 def _nano() -> DiffusionConfig:
     """CoDi-nano, the embedded default trained by ``python -m codi.train`` (32 px, 8 frames, 1.28 s, 32-d text)."""
     common = dict(
@@ -234,11 +276,12 @@ def _nano() -> DiffusionConfig:
         temporal_heads=4, norm_groups=8,
     )
     return DiffusionConfig(unets={
-        "image": UNetConfig(kind="spatial", in_channels=4, model_channels=32, out_channels=4, video=True, **common),
+        "image": UNetConfig(kind="spatial", in_channels=4, model_channels=32, out_channels=4, video=True,
+                            temporal_context=True, **common),
         "text": UNetConfig(kind="vector", in_channels=32, model_channels=32, out_channels=32,
                            tokens=(4, 4), env_tokens=(4, 4), **common),
         "audio": UNetConfig(kind="spatial", in_channels=8, model_channels=32, out_channels=8, **common),
-    })
+    }, schedule=NANO_SCHEDULE)
 
 
 PRESETS: dict[str, Any] = {"official": _official, "tiny": _tiny, "nano": _nano}

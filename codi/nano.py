@@ -33,8 +33,12 @@ COMPONENTS = ("diffusion", "encoders", "image_vae", "audio_vae", "text_vae")
 TRAIN_COMMAND = "python -m codi.train --preset nano --stage all --out runs/nano --threads 2 --jobs 2"
 
 
-def build_components(preset: str = "nano", scales: dict | None = None, only: tuple[str, ...] = COMPONENTS) -> dict:
-    """The preset's components (those named in ``only``) with random weights and the given latent scales."""
+def build_components(preset: str = "nano", scales: dict | None = None, only: tuple[str, ...] = COMPONENTS,
+                     schedule=None) -> dict:
+    """The preset's components (those named in ``only``) with random weights and the given latent scales.
+
+    ``schedule`` (a :class:`codi.config.ScheduleConfig`) replaces the preset's for weights trained with another.
+    """
     from codi.autoencoders import AudioAutoencoder, ImageAutoencoder, audio_vae_preset, image_vae_preset
     from codi.config import diffusion_preset
     from codi.encoders import PromptEncoders, prompt_encoder_preset
@@ -47,10 +51,13 @@ def build_components(preset: str = "nano", scales: dict | None = None, only: tup
     audio_cfg = dataclasses.replace(audio_cfg, vae=dataclasses.replace(audio_cfg.vae,
                                                                        scale_factor=scales.get("audio", 1.0)))
     text_cfg = dataclasses.replace(text_vae_preset(preset), scale_factor=scales.get("text", 1.0))
+    diffusion_cfg = diffusion_preset(preset).replace(env_attention="others")
+    if schedule is not None:
+        diffusion_cfg = diffusion_cfg.replace(schedule=schedule)
     builders = {
         "image_vae": lambda: ImageAutoencoder(image_cfg), "audio_vae": lambda: AudioAutoencoder(audio_cfg),
         "text_vae": lambda: TextAutoencoder(text_cfg), "encoders": lambda: PromptEncoders(prompt_encoder_preset(preset)),
-        "diffusion": lambda: CoDiDiffusion(diffusion_preset(preset).replace(env_attention="others")),
+        "diffusion": lambda: CoDiDiffusion(diffusion_cfg),
     }
     unknown = sorted(set(only) - set(builders))
     if unknown:
@@ -83,7 +90,8 @@ def export_nano(parts: dict, scales: dict, directory: str | os.PathLike, *, toke
         shutil.copytree(Path(tokenizer_dir) / sub, target)
         for file in sorted(target.iterdir()):
             files[f"tokenizers/{sub}/{file.name}"] = sha256(file)
-    manifest = {"model": "codi-nano", "preset": "nano", "scales": scales, "sha256": files,
+    manifest = {"model": "codi-nano", "preset": "nano", "scales": scales,
+                "schedule": dataclasses.asdict(parts["diffusion"].config.schedule), "sha256": files,
                 "command": TRAIN_COMMAND, **(extra or {})}
     tmp = directory / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -109,6 +117,18 @@ def read_manifest(directory: str | os.PathLike = NANO_DIR, *, verify: bool = Tru
     return manifest
 
 
+def manifest_schedule(manifest: dict):
+    """The noise schedule the weights were trained with; a manifest that names none predates the nano
+    schedule, so its weights were trained with the release's (epsilon prediction, schedule unchanged)."""
+    from codi.config import ScheduleConfig
+
+    try:
+        return ScheduleConfig(**manifest.get("schedule", {}))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"the manifest's schedule {manifest.get('schedule')!r} is not a schedule this "
+                              f"version knows: {error}") from error
+
+
 def load_nano(directory: str | os.PathLike = NANO_DIR, *, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32):
     """The shipped CoDi-nano as a :class:`~codi.pipeline.CoDiPipeline` (checksums verified)."""
@@ -117,7 +137,7 @@ def load_nano(directory: str | os.PathLike = NANO_DIR, *, device: str | torch.de
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    parts = build_components(manifest["preset"], manifest["scales"])
+    parts = build_components(manifest["preset"], manifest["scales"], schedule=manifest_schedule(manifest))
     for name in COMPONENTS:
         load_state_dict_strict(parts[name], read_state_dict(directory / f"{name}.safetensors"),
                                source=str(directory / f"{name}.safetensors"))

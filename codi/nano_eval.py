@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-guidance", help="comma-separated scales: score every task at each, pick the best")
     parser.add_argument("--prompts", choices=tuple(PROMPT_SETS), default=None,
                         help="evaluation (default) or validation (the default with --sweep-guidance)")
+    parser.add_argument("--tasks", help=f"comma-separated subset of: {', '.join(TASK_NAMES)} (default: all)")
     parser.add_argument("--classifier-steps", type=int, default=1000)
     parser.add_argument("--out", default="runs/nano/eval.json")
     args = parser.parse_args(argv)
@@ -289,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
             scales = [float(g) for g in args.sweep_guidance.split(",")]
         except ValueError:
             parser.error(f"--sweep-guidance takes comma-separated numbers, got {args.sweep_guidance!r}")
+    tasks = None
+    if args.tasks:
+        tasks = [t.strip() for t in args.tasks.split(",")]
+        if unknown := [t for t in tasks if t not in TASK_NAMES]:
+            parser.error(f"unknown task(s) {', '.join(unknown)}; valid tasks are {', '.join(TASK_NAMES)}")
+        if scales:
+            parser.error("--sweep-guidance scores every task; give it without --tasks")
     from codi.io import atomic_path
     from codi.nano import NANO_DIR, load_nano
 
@@ -299,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         report = sweep_guidance(pipe, classifiers, scales, args.samples, args.steps, args.prompts or "validation")
     else:
         report = evaluate(pipe, classifiers, args.samples, args.steps, args.guidance_scale,
-                          prompts=args.prompts or "evaluation")
+                          prompts=args.prompts or "evaluation", tasks=tasks)
     with atomic_path(args.out) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -26,6 +26,9 @@ The release never published training code; this follows the paper's stages
    prompt embeddings of the other modalities of the same event or of
    full/partial captions, dropped to the unconditional embedding 10 % of the
    time (for guidance). Each writes only ``unet_<modality>.safetensors``.
+   The UNets learn v-prediction on the release's schedule rescaled to zero
+   terminal SNR (:data:`codi.config.NANO_SCHEDULE`; the preset's schedule is
+   what every diffusion stage trains with, and the export records it).
 6. Latent alignment with everything else frozen: ``align_text_image``,
    ``align_text_audio``, ``align_audio_video`` train the environment encoders
    and connector cross-attention on joint denoising of paired latents,
@@ -491,10 +494,13 @@ def _diffusion_latent(latents: dict, modality: str, idx: torch.Tensor) -> torch.
     return latents[modality][idx]
 
 
-def _noised(x: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor):
-    noise = torch.randn_like(x)
-    a = alphas_cumprod[t].view(-1, *([1] * (x.ndim - 1)))
-    return a.sqrt() * x + (1 - a).sqrt() * noise, noise
+def _noised(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, prediction: str):
+    """``(z_t, target)``: ``z_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` and what the UNet must output there."""
+    from codi.schedule import training_target
+
+    noise = torch.randn_like(x0)
+    a = alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise, training_target(x0, noise, a, prediction)
 
 
 def _is_alignment(name: str) -> bool:
@@ -533,13 +539,18 @@ def _load_diffusion(run: Run):
 
 
 def _denoising_loss(unet, latents: dict, conditions: Conditions, rng: random.Random, modality: str, batch: int,
-                    alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """epsilon-prediction MSE of one UNet on ``batch`` training samples of ``modality`` (Ho et al. 2020, Eq. 14)."""
+                    alphas_cumprod: torch.Tensor, prediction: str) -> torch.Tensor:
+    """MSE of one UNet's epsilon or v prediction on ``batch`` training samples of ``modality``.
+
+    Ho et al. 2020, Eq. 14 for epsilon; Salimans & Ho 2022 for v. ``t`` is
+    uniform over all T timesteps, the last (SNR 0 on a zero-terminal-SNR
+    schedule) included.
+    """
     idx = [rng.randrange(latents["video"].shape[0]) for _ in range(batch)]
     x0 = _diffusion_latent(latents, modality, torch.tensor(idx))
     t = torch.randint(0, len(alphas_cumprod), (batch,))
-    xt, noise = _noised(x0, t, alphas_cumprod)
-    return F.mse_loss(unet(xt, t, conditions(rng, idx, modality)), noise)
+    xt, target = _noised(x0, t, alphas_cumprod, prediction)
+    return F.mse_loss(unet(xt, t, conditions(rng, idx, modality)), target)
 
 
 def stage_diffusion(run: Run, modality: str) -> None:
@@ -556,15 +567,15 @@ def stage_diffusion(run: Run, modality: str) -> None:
     conditions = Conditions(run)
     latents = conditions.latents
     unet = model.unet(modality)
-    ac = alphas_cumprod(model.config.schedule)
+    ac, prediction = alphas_cumprod(model.config.schedule), model.config.schedule.prediction
 
     if modality == "video":
         def loss(rng):
-            return (_denoising_loss(unet, latents, conditions, rng, "video", 12, ac)
-                    + 0.5 * _denoising_loss(unet, latents, conditions, rng, "image", 16, ac))
+            return (_denoising_loss(unet, latents, conditions, rng, "video", 12, ac, prediction)
+                    + 0.5 * _denoising_loss(unet, latents, conditions, rng, "image", 16, ac, prediction))
     else:
         def loss(rng):
-            return _denoising_loss(unet, latents, conditions, rng, modality, 32, ac)
+            return _denoising_loss(unet, latents, conditions, rng, modality, 32, ac, prediction)
 
     params = [p for name, p in unet.named_parameters() if not _is_alignment(name)]
     unet.requires_grad_(False)
@@ -585,7 +596,7 @@ def stage_align(run: Run, pair: tuple[str, str]) -> None:
     model = _load_diffusion(run)
     conditions = Conditions(run, p_full=0.2)  # mostly partial captions: what the other modality must fill in
     latents = conditions.latents
-    ac = alphas_cumprod(model.config.schedule)
+    ac, prediction = alphas_cumprod(model.config.schedule), model.config.schedule.prediction
     n = latents["video"].shape[0]
     model.requires_grad_(False)
     params = []
@@ -600,11 +611,11 @@ def stage_align(run: Run, pair: tuple[str, str]) -> None:
         idx = [rng.randrange(n) for _ in range(batch)]
         t = torch.randint(0, len(ac), (batch,))
         clean = {m: _diffusion_latent(latents, m, torch.tensor(idx)) for m in pair}
-        noisy, noise = {}, {}
+        noisy, target = {}, {}
         for m, x0 in clean.items():
-            noisy[m], noise[m] = _noised(x0, t, ac)
+            noisy[m], target[m] = _noised(x0, t, ac, prediction)
         out = model(noisy, t, conditions(rng, idx, pair))
-        return sum(F.mse_loss(out[m], noise[m]) for m in pair) / len(pair)
+        return sum(F.mse_loss(out[m], target[m]) for m in pair) / len(pair)
 
     run.fit(f"align_{pair[0]}_{pair[1]}", model, params, loss, lr=3e-4)
     aligned = {name: value for name, value in model.state_dict().items() if _is_alignment(name)}

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from codi.checkpoint import CheckpointError
-from codi.config import DiffusionConfig, UNetConfig, diffusion_preset
+from codi.config import DiffusionConfig, ScheduleConfig, UNetConfig, diffusion_preset
 from codi.joint import RELEASE_FILES, CoDiDiffusion, mix_conditions
 from codi.sampling import GuidedDenoiser, initial_noise, pack_latents, sample, unpack_latents
-from codi.schedule import ddim_timesteps
+from codi.schedule import alphas_cumprod, betas, ddim_timesteps, split_prediction, training_target
 
 CASES = json.loads((Path(__file__).parent / "fixtures" / "official_parity" / "cases.json").read_text())
 
@@ -166,6 +166,111 @@ def test_ddim_timesteps_follow_the_release() -> None:
         ddim_timesteps(3)  # 0, 333, 666, 999 (+1) reaches t = 1000
     with pytest.raises(ValueError):
         ddim_timesteps(0)
+
+
+def test_zero_terminal_snr_schedule_matches_diffusers_and_ends_in_pure_noise() -> None:
+    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+    release, nano = ScheduleConfig(), diffusion_preset("nano").schedule
+    assert nano.zero_terminal_snr and nano.prediction == "v" and nano.timestep_spacing == "trailing"
+    rescaled, base = alphas_cumprod(nano).double(), alphas_cumprod(release).double()
+    assert rescaled[-1] == 0 and base[-1] > 4e-3  # the release ends at SNR 0.0047
+    assert torch.isclose(rescaled[0], base[0], rtol=1e-6) and (rescaled.diff() < 0).all()
+    # sqrt(alpha_bar) is an affine map of the release's (float64, before alphas_cumprod's float32 rounding)
+    slope = torch.cumprod(1 - betas(nano), 0).sqrt().diff() / torch.cumprod(1 - betas(release), 0).sqrt().diff()
+    assert torch.allclose(slope, slope[0].expand_as(slope), rtol=1e-9)
+    reference = rescale_zero_terminal_snr(betas(release))  # diffusers' implementation of the same rule, float64
+    assert torch.allclose(betas(nano), reference, rtol=1e-12, atol=0) and betas(nano)[-1] == 1
+
+
+def test_trailing_timesteps_start_at_the_last_timestep_like_diffusers() -> None:
+    from diffusers import DDIMScheduler
+
+    for steps in (1, 4, 7, 25, 50):
+        ours = ddim_timesteps(steps, 1000, "trailing")
+        reference = DDIMScheduler(num_train_timesteps=1000, timestep_spacing="trailing")
+        reference.set_timesteps(steps)
+        assert ours.tolist() == reference.timesteps.flip(0).tolist() and len(ours) == steps and ours[-1] == 999
+    with pytest.raises(ValueError, match="leading, trailing"):
+        ddim_timesteps(4, 1000, "middle")
+
+
+def test_schedule_config_refuses_what_cannot_work() -> None:
+    with pytest.raises(ValueError, match="needs prediction='v'"):
+        ScheduleConfig(zero_terminal_snr=True)
+    with pytest.raises(ValueError, match="epsilon, v"):
+        ScheduleConfig(prediction="x0")
+    with pytest.raises(ValueError, match="leading, trailing"):
+        ScheduleConfig(timestep_spacing="linspace")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_training_target_and_split_prediction_invert_each_other(prediction: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    a = torch.tensor([0.9991, 0.5, 0.05, 1e-6, 0.0 if prediction == "v" else 1e-3]).view(5, 1)
+    z_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    z0_hat, eps_hat = split_prediction(z_t, training_target(z0, noise, a, prediction), a, prediction)
+    assert torch.allclose(eps_hat, noise, atol=1e-5)
+    rows = slice(None) if prediction == "v" else slice(0, 3)  # epsilon's z0 divides by sqrt(a)
+    assert torch.allclose(z0_hat[rows], z0[rows], atol=1e-5)
+    if prediction == "v":
+        assert torch.equal(training_target(z0, noise, a, "v")[-1], -z0[-1])  # at SNR 0, v = -z0
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("preset", ["tiny", "nano"])
+def test_samplers_reach_the_data_with_the_ideal_denoiser(preset: str, sampler: str) -> None:
+    """On one-point data the ideal denoiser is known in closed form; every sampler must land on that point.
+
+    It fails for a sign or a square root misplaced in either prediction's conversion, or a schedule that the
+    sampler and the denoiser disagree on.
+    """
+    schedule = diffusion_preset(preset).schedule
+    ac = alphas_cumprod(schedule)
+    target = torch.tensor([[0.8, -1.2, 0.3, 2.0]])
+
+    def ideal(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = ac[t].view(-1, 1).double()
+        eps = (x.double() - a.sqrt() * target) / (1 - a).sqrt()
+        return training_target(target, eps, a, schedule.prediction).float()
+
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    estimates = []
+    out = sample(ideal, x, schedule, sampler=sampler, steps=10, disable=True,
+                 callback=lambda step: estimates.append(step.get("denoised")))
+    if sampler == "ddim":  # every clean-latent estimate is the point; it stops at alpha_bar[0], as the release
+        assert len(estimates) == 10 and all(torch.allclose(e, target.expand(3, -1), atol=1e-4) for e in estimates)
+        assert torch.allclose(out, target.expand(3, -1), atol=0.1)
+    else:
+        assert torch.allclose(out, target.expand(3, -1), atol=2e-3), (out - target).abs().max()
+
+
+def test_temporal_attention_drops_frame_constant_offsets_unless_the_prompt_enters_after_its_norm() -> None:
+    """The release's temporal norm over frames removes what is the same in every frame (the prompt's offset);
+    CoDi-nano's ``temporal_context`` adds the prompt after that norm, so the frames can depend on it."""
+    from codi.unets.temporal import TemporalAttention
+
+    torch.manual_seed(0)
+    x, offset = torch.randn(6, 8, 16), torch.randn(6, 1, 16)  # [N, F, C]; offset: the same in every frame
+    bias = torch.zeros(2, 8, 8)
+    release = TemporalAttention(16, heads=2, head_dim=8)
+    torch.nn.init.normal_(release.frame_embeds)
+    assert torch.allclose(release(x + offset, bias), release(x, bias), atol=1e-5)
+    nano = TemporalAttention(16, heads=2, head_dim=8, context_dim=12)
+    first, second = torch.randn(6, 1, 12), torch.randn(6, 1, 12)
+    assert not torch.allclose(nano(x, bias, first), nano(x, bias, second), atol=1e-3)
+    assert torch.equal(nano(x, bias), nano(x, bias, None))
+
+
+def test_only_the_nano_video_unet_takes_the_prompt_in_its_temporal_layers() -> None:
+    def routes(preset: str) -> list[str]:
+        unet = CoDiDiffusion(diffusion_preset(preset)).unet("video")
+        return [name for name, _ in unet.named_parameters() if "context_proj" in name]
+
+    assert routes("official") == [] and routes("tiny") == []
+    nano = routes("nano")
+    assert nano and not any(name.startswith("env_encoder") for name in nano)  # the environment encoder has no prompt
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])

@@ -1,6 +1,7 @@
 """CoDi-nano training: every stage runs, resumes, exports, and the export loads as a pipeline."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from codi.checkpoint import CheckpointError, read_state_dict
-from codi.nano import load_nano, read_manifest
+from codi.config import NANO_SCHEDULE, ScheduleConfig
+from codi.nano import load_nano, manifest_schedule, read_manifest
 from codi.train import (DEPENDS, STAGES, STEPS, _without_options, agreement, chain_length, main, multi_positive_nce,
                         partial_caption)
 
@@ -56,6 +58,14 @@ def test_release_initialisation_makes_joint_generation_start_equal_to_independen
     assert alone["audio"].abs().max() > 0
     for modality in x:
         torch.testing.assert_close(joint[modality], alone[modality], rtol=0, atol=1e-6)
+
+
+def test_a_manifest_without_a_schedule_means_the_release_schedule() -> None:
+    """Weights exported before the nano schedule existed were trained with epsilon prediction on the release's."""
+    assert manifest_schedule({"model": "codi-nano"}) == ScheduleConfig()
+    assert manifest_schedule({"schedule": dataclasses.asdict(NANO_SCHEDULE)}) == NANO_SCHEDULE
+    with pytest.raises(CheckpointError, match="not a schedule"):
+        manifest_schedule({"schedule": {"prediction": "x0"}})
 
 
 def test_stage_dependencies_follow_the_stage_order() -> None:
@@ -125,7 +135,9 @@ def test_export_loads_as_a_pipeline_and_checks_checksums(trained, tmp_path) -> N
     export = out / "export"
     manifest = read_manifest(export)
     assert set(manifest["scales"]) == {"image", "audio", "text"} and manifest["model"] == "codi-nano"
+    assert manifest["schedule"] == dataclasses.asdict(NANO_SCHEDULE)  # what the UNets were trained with
     pipe = load_nano(export)
+    assert pipe.diffusion.config.schedule == NANO_SCHEDULE
     result = pipe({"text": ["a red circle moves left"]}, ["video", "audio", "text"], num_inference_steps=2, seed=0)
     assert result["video"].shape == (1, 8, 3, 32, 32) and result["audio"].shape == (1, 20480)
     assert isinstance(result["text"][0], str)
@@ -186,7 +198,8 @@ def test_nano_eval_prompt_sets_tasks_and_guidance_choice(trained) -> None:
         nano_eval.evaluate(pipe, classifiers, samples=2, steps=1, tasks=["text->smell"])
     with pytest.raises(ValueError, match="unknown prompt set"):
         nano_eval.evaluate(pipe, classifiers, samples=2, steps=1, prompts="train")
-    for argv in (["--guidance-scale", "3", "--sweep-guidance", "3,5"], ["--sweep-guidance", "3,high"]):
+    for argv in (["--guidance-scale", "3", "--sweep-guidance", "3,5"], ["--sweep-guidance", "3,high"],
+                 ["--tasks", "text->smell"], ["--tasks", "text->image", "--sweep-guidance", "3,5"]):
         with pytest.raises(SystemExit):
             nano_eval.main(argv)
     assert nano_eval.best_scale({3.0: 0.80, 5.0: 0.86, 8.0: 0.86}) == 5.0
@@ -220,6 +233,7 @@ def test_shipped_nano_weights_load_with_checksums(shipped) -> None:
 
     manifest = read_manifest(NANO_DIR)  # verifies every file's SHA-256
     assert manifest["model"] == "codi-nano" and "optimised_steps" in manifest
+    assert shipped.diffusion.config.schedule == manifest_schedule(manifest)
     total = sum((NANO_DIR / name).stat().st_size for name in manifest["sha256"])
     assert total <= 25 * 2**20
     assert shipped.latent_size.image_size == 32 and shipped.diffusion.config.env_attention == "others"

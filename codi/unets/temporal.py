@@ -74,9 +74,17 @@ class ContinuousPositionBias(nn.Module):
 
 
 class TemporalAttention(nn.Module):
-    """Self-attention over frames: ``x [N, F, C]`` (N = B*H*W) -> ``[N, F, C]``."""
+    """Self-attention over frames: ``x [N, F, C]`` (N = B*H*W) -> ``[N, F, C]``.
 
-    def __init__(self, dim: int, heads: int, head_dim: int):
+    With ``context_dim`` (CoDi-nano only; the release has no such layer) the
+    prompt embedding, projected to ``C``, is added to every frame's token
+    *after* the normalisation over frames, which would remove it before: the
+    prompt otherwise reaches the video UNet only as a per-channel offset that
+    is the same in every frame, which cannot say in which direction the
+    frames go.
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, context_dim: int | None = None):
         super().__init__()
         inner = heads * head_dim
         self.heads = heads
@@ -86,15 +94,19 @@ class TemporalAttention(nn.Module):
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.frame_embeds = nn.Parameter(torch.zeros(1, MAX_FRAMES, dim))
         self.frame_rate_embeds = nn.Parameter(torch.zeros(1, MAX_FRAMES, dim))
+        self.context_proj = nn.Linear(context_dim, dim, bias=False) if context_dim else None
         self.release_names = {"norm_g": "norm.g", "frame_embeds": "pos_embeds"}
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``context [N, 1, D]``: the prompt embedding of each token's sample (used with ``context_proj`` only)."""
         n, frames, _ = x.shape
         if frames > MAX_FRAMES:
             raise ValueError(f"video latents may have at most {MAX_FRAMES} frames, got {frames}")
         x = x + self.frame_embeds[:, :frames] + self.frame_rate_embeds[:, FRAME_RATE - 1 : FRAME_RATE]
         eps = 1e-5 if x.dtype == torch.float32 else 1e-3
         x = _clamped_norm(x, dim=1, eps=eps) * self.norm_g  # normalised over frames (release quirk)
+        if self.context_proj is not None and context is not None:
+            x = x + self.context_proj(context)  # [N, 1, C]: the same for every frame, after the norm
         q = self.to_q(x)
         k, v = self.to_kv(x).chunk(2, dim=-1)
         q, k, v = (t.view(n, frames, self.heads, -1).transpose(1, 2) for t in (q, k, v))  # [N, h, F, d]
@@ -149,9 +161,9 @@ class FrameShiftBlock(nn.Module):
 class TemporalBlock(nn.Module):
     """Temporal attention, temporal feed-forward and frame shift on ``x [(B*F), C, H, W]``."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int, groups: int = 32):
+    def __init__(self, dim: int, heads: int, head_dim: int, groups: int = 32, context_dim: int | None = None):
         super().__init__()
-        self.attn = TemporalAttention(dim, heads, head_dim)
+        self.attn = TemporalAttention(dim, heads, head_dim, context_dim)
         self.position_bias = ContinuousPositionBias(dim // 2, heads)
         self.ff = TemporalFeedForward(dim)
         self.frame_shift = FrameShiftBlock(dim, groups)
@@ -159,12 +171,15 @@ class TemporalBlock(nn.Module):
             "attn": "temporal_attn", "position_bias": "temporal_rel_pos_bias", "frame_shift": "frameshiftblock",
         }
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, context: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [(B*F), C, H, W]``; ``context [(B*F), M, D]`` the prompt, repeated per frame (its first token used)."""
         nf, c, height, width = x.shape
         b = nf // num_frames
         # [(B F), C, H, W] -> [(B H W), F, C]
         tokens = x.view(b, num_frames, c, height, width).permute(0, 3, 4, 1, 2).reshape(-1, num_frames, c)
-        tokens = tokens + self.attn(tokens, self.position_bias(num_frames))
+        if context is not None and self.attn.context_proj is not None:
+            context = context[::num_frames, :1].repeat_interleave(height * width, dim=0)  # [(B H W), 1, D]
+        tokens = tokens + self.attn(tokens, self.position_bias(num_frames), context)
         tokens = tokens + self.ff(tokens).to(tokens.dtype)
         x = tokens.view(b, height, width, num_frames, c).permute(0, 3, 4, 1, 2).reshape(nf, c, height, width)
         return self.frame_shift(x, num_frames)

@@ -62,7 +62,7 @@ class Block(nn.Module):
         if self.res is not None:
             h = self.res(h, emb)
         if self.temporal is not None and num_frames:
-            h = self.temporal(h, num_frames)
+            h = self.temporal(h, num_frames, context)
         if self.attn is not None:
             h = self.attn(h, context)
         if self.layer is not None:
@@ -82,9 +82,9 @@ class MiddleBlock(nn.Module):
         second.release_names = {"res": "2.0" if second.temporal is not None else "2", "temporal": "2.1"}
 
     def forward(self, h, emb, context, num_frames):
-        h = self.first(h, emb, None, num_frames)
+        h = self.first(h, emb, context, num_frames)  # no cross-attention: the context reaches temporal layers only
         h = self.attn(h, context)
-        return self.second(h, emb, None, num_frames)
+        return self.second(h, emb, context, num_frames)
 
 
 class Head(nn.Module):
@@ -193,12 +193,14 @@ class UNet(nn.Module):
             return VectorResBlock(features, emb, out, groups)
         return ResBlock(features[0], emb, out[0], groups)
 
-    def _temporal(self, features: Features) -> nn.Module | None:
+    def _temporal(self, features: Features, prompted: bool = True) -> nn.Module | None:
+        """The video layers after a ResBlock; ``prompted``: may take the prompt (the environment encoder's do not)."""
         if not self.config.video:
             return None
         c = features[0]
         return TemporalBlock(c, self.config.temporal_heads, c // self.config.temporal_head_divisor,
-                             self.config.norm_groups)
+                             self.config.norm_groups,
+                             self.config.context_dim if self.config.temporal_context and prompted else None)
 
     def _transformer(self, features: Features, context_dim: int) -> SpatialTransformer:
         c = features[0]
@@ -235,7 +237,7 @@ class UNet(nn.Module):
         for level, mult in enumerate(config.env_channel_mult):
             for _ in range(config.env_res_blocks[level]):
                 out = self._features(mult * mc, level, env=True)
-                blocks.append(Block(self._res(features, out), self._temporal(out)))
+                blocks.append(Block(self._res(features, out), self._temporal(out, prompted=False)))
                 features = out
             if level != len(config.env_channel_mult) - 1:
                 blocks.append(Block(layer=self._down(features), layer_suffix="" if self.vector else ".op"))
