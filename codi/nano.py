@@ -34,10 +34,11 @@ TRAIN_COMMAND = "python -m codi.train --preset nano --stage all --out runs/nano 
 
 
 def build_components(preset: str = "nano", scales: dict | None = None, only: tuple[str, ...] = COMPONENTS,
-                     schedule=None) -> dict:
+                     diffusion_config=None) -> dict:
     """The preset's components (those named in ``only``) with random weights and the given latent scales.
 
-    ``schedule`` (a :class:`codi.config.ScheduleConfig`) replaces the preset's for weights trained with another.
+    ``diffusion_config`` (a :class:`codi.config.DiffusionConfig`) replaces the preset's, for weights trained
+    with an earlier one (:func:`manifest_diffusion_config`).
     """
     from codi.autoencoders import AudioAutoencoder, ImageAutoencoder, audio_vae_preset, image_vae_preset
     from codi.config import diffusion_preset
@@ -51,9 +52,7 @@ def build_components(preset: str = "nano", scales: dict | None = None, only: tup
     audio_cfg = dataclasses.replace(audio_cfg, vae=dataclasses.replace(audio_cfg.vae,
                                                                        scale_factor=scales.get("audio", 1.0)))
     text_cfg = dataclasses.replace(text_vae_preset(preset), scale_factor=scales.get("text", 1.0))
-    diffusion_cfg = diffusion_preset(preset).replace(env_attention="others")
-    if schedule is not None:
-        diffusion_cfg = diffusion_cfg.replace(schedule=schedule)
+    diffusion_cfg = diffusion_config or diffusion_preset(preset).replace(env_attention="others")
     builders = {
         "image_vae": lambda: ImageAutoencoder(image_cfg), "audio_vae": lambda: AudioAutoencoder(audio_cfg),
         "text_vae": lambda: TextAutoencoder(text_cfg), "encoders": lambda: PromptEncoders(prompt_encoder_preset(preset)),
@@ -91,7 +90,8 @@ def export_nano(parts: dict, scales: dict, directory: str | os.PathLike, *, toke
         for file in sorted(target.iterdir()):
             files[f"tokenizers/{sub}/{file.name}"] = sha256(file)
     manifest = {"model": "codi-nano", "preset": "nano", "scales": scales,
-                "schedule": dataclasses.asdict(parts["diffusion"].config.schedule), "sha256": files,
+                "schedule": dataclasses.asdict(parts["diffusion"].config.schedule),
+                "temporal_context": parts["diffusion"].config.unets["image"].temporal_context, "sha256": files,
                 "command": TRAIN_COMMAND, **(extra or {})}
     tmp = directory / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -117,16 +117,24 @@ def read_manifest(directory: str | os.PathLike = NANO_DIR, *, verify: bool = Tru
     return manifest
 
 
-def manifest_schedule(manifest: dict):
-    """The noise schedule the weights were trained with; a manifest that names none predates the nano
-    schedule, so its weights were trained with the release's (epsilon prediction, schedule unchanged)."""
-    from codi.config import ScheduleConfig
+def manifest_diffusion_config(manifest: dict):
+    """The diffusion configuration the weights were trained with, from their manifest.
 
+    A manifest that names no schedule was exported before CoDi-nano had its
+    own: those weights were trained with the release's schedule (epsilon
+    prediction) and without the prompt in the temporal layers.
+    """
+    from codi.config import ScheduleConfig, diffusion_preset
+
+    config = diffusion_preset(manifest.get("preset", "nano")).replace(env_attention="others")
     try:
-        return ScheduleConfig(**manifest.get("schedule", {}))
+        schedule = ScheduleConfig(**manifest.get("schedule", {}))
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"the manifest's schedule {manifest.get('schedule')!r} is not a schedule this "
                               f"version knows: {error}") from error
+    image = dataclasses.replace(config.unets["image"],
+                                temporal_context=bool(manifest.get("temporal_context", False)))
+    return config.replace(schedule=schedule, unets={**config.unets, "image": image})
 
 
 def load_nano(directory: str | os.PathLike = NANO_DIR, *, device: str | torch.device = "cpu",
@@ -137,7 +145,8 @@ def load_nano(directory: str | os.PathLike = NANO_DIR, *, device: str | torch.de
 
     directory = Path(directory)
     manifest = read_manifest(directory)
-    parts = build_components(manifest["preset"], manifest["scales"], schedule=manifest_schedule(manifest))
+    parts = build_components(manifest["preset"], manifest["scales"],
+                             diffusion_config=manifest_diffusion_config(manifest))
     for name in COMPONENTS:
         load_state_dict_strict(parts[name], read_state_dict(directory / f"{name}.safetensors"),
                                source=str(directory / f"{name}.safetensors"))

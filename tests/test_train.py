@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from codi.checkpoint import CheckpointError, read_state_dict
-from codi.config import NANO_SCHEDULE, ScheduleConfig
-from codi.nano import load_nano, manifest_schedule, read_manifest
+from codi.config import NANO_SCHEDULE, ScheduleConfig, diffusion_preset
+from codi.nano import load_nano, manifest_diffusion_config, read_manifest
 from codi.train import (DEPENDS, STAGES, STEPS, _without_options, agreement, chain_length, main, multi_positive_nce,
                         partial_caption)
 
@@ -60,12 +60,16 @@ def test_release_initialisation_makes_joint_generation_start_equal_to_independen
         torch.testing.assert_close(joint[modality], alone[modality], rtol=0, atol=1e-6)
 
 
-def test_a_manifest_without_a_schedule_means_the_release_schedule() -> None:
-    """Weights exported before the nano schedule existed were trained with epsilon prediction on the release's."""
-    assert manifest_schedule({"model": "codi-nano"}) == ScheduleConfig()
-    assert manifest_schedule({"schedule": dataclasses.asdict(NANO_SCHEDULE)}) == NANO_SCHEDULE
+def test_a_manifest_without_a_schedule_means_the_release_schedule_and_no_temporal_prompt() -> None:
+    """Weights exported before the nano schedule existed: epsilon prediction, release schedule, no prompt route."""
+    legacy = manifest_diffusion_config({"model": "codi-nano", "preset": "nano"})
+    assert legacy.schedule == ScheduleConfig() and not legacy.unets["image"].temporal_context
+    assert legacy.env_attention == "others"
+    current = manifest_diffusion_config({"preset": "nano", "schedule": dataclasses.asdict(NANO_SCHEDULE),
+                                         "temporal_context": True})
+    assert current == diffusion_preset("nano").replace(env_attention="others")
     with pytest.raises(CheckpointError, match="not a schedule"):
-        manifest_schedule({"schedule": {"prediction": "x0"}})
+        manifest_diffusion_config({"preset": "nano", "schedule": {"prediction": "x0"}})
 
 
 def test_stage_dependencies_follow_the_stage_order() -> None:
@@ -135,9 +139,9 @@ def test_export_loads_as_a_pipeline_and_checks_checksums(trained, tmp_path) -> N
     export = out / "export"
     manifest = read_manifest(export)
     assert set(manifest["scales"]) == {"image", "audio", "text"} and manifest["model"] == "codi-nano"
-    assert manifest["schedule"] == dataclasses.asdict(NANO_SCHEDULE)  # what the UNets were trained with
-    pipe = load_nano(export)
-    assert pipe.diffusion.config.schedule == NANO_SCHEDULE
+    assert manifest["schedule"] == dataclasses.asdict(NANO_SCHEDULE) and manifest["temporal_context"]
+    pipe = load_nano(export)  # built from the manifest: the configuration the UNets were trained with
+    assert pipe.diffusion.config == diffusion_preset("nano").replace(env_attention="others")
     result = pipe({"text": ["a red circle moves left"]}, ["video", "audio", "text"], num_inference_steps=2, seed=0)
     assert result["video"].shape == (1, 8, 3, 32, 32) and result["audio"].shape == (1, 20480)
     assert isinstance(result["text"][0], str)
@@ -233,7 +237,7 @@ def test_shipped_nano_weights_load_with_checksums(shipped) -> None:
 
     manifest = read_manifest(NANO_DIR)  # verifies every file's SHA-256
     assert manifest["model"] == "codi-nano" and "optimised_steps" in manifest
-    assert shipped.diffusion.config.schedule == manifest_schedule(manifest)
+    assert shipped.diffusion.config == manifest_diffusion_config(manifest)
     total = sum((NANO_DIR / name).stat().st_size for name in manifest["sha256"])
     assert total <= 25 * 2**20
     assert shipped.latent_size.image_size == 32 and shipped.diffusion.config.env_attention == "others"
