@@ -262,9 +262,10 @@ NANO_SCHEDULE = ScheduleConfig(prediction="v", zero_terminal_snr=True, timestep_
 """CoDi-nano's schedule: the release's betas rescaled to zero terminal SNR, v-prediction, trailing timesteps.
 
 With the release's schedule and epsilon prediction the nano video UNet took
-each clip's direction from the initial noise, never from the prompt (the
-README, "What the shipped CoDi-nano does"). Weights whose manifest names no
-schedule were trained with the release's (:func:`codi.nano.load_nano`).
+each clip's direction from the initial noise, not from the prompt (the
+README, "Video took its direction from the noise"). Weights whose manifest
+names no schedule were trained with the release's
+(:func:`codi.nano.manifest_diffusion_config`).
 """
 
 

@@ -1,7 +1,7 @@
 """Does CoDi-nano generate what it is asked for? Attribute accuracy and the joint-vs-independent SIM claim.
 
     python -m codi.nano_eval --out runs/nano/eval.json [--weights codi/weights/nano] [--samples 64]
-    python -m codi.nano_eval --prompts validation --sweep-guidance 3,5,8 --out runs/nano/guidance.json
+    python -m codi.nano_eval --prompts validation --sweep-guidance 1.5,2,3,5,8 --out runs/nano/guidance.json
 
 1. **Attribute classifiers**, trained here on *real* procedural data (train
    split), read colour, shape and size from images; the same plus motion
@@ -60,11 +60,11 @@ def task_name(source: str, target: str) -> str:
 
 TASK_NAMES = tuple(task_name(s, t) for s, t in TASKS) + (SIM_TASK,)  # what `evaluate(tasks=...)` accepts
 PROMPT_SETS = {"evaluation": 0, "validation": 10_000}  # first index into the test split
-# Per task, chosen on the 64 validation prompts for the shipped weights (25 steps, scales 3 / 5 / 8), with
-# `python -m codi.nano_eval --prompts validation --sweep-guidance 3,5,8`; choose again for new weights.
+# Per task, chosen on the 64 validation prompts for the shipped weights (25 steps, scales 1.5 / 2 / 3 / 5 / 8),
+# with `python -m codi.nano_eval --prompts validation --sweep-guidance 1.5,2,3,5,8`; choose again for new weights.
 GUIDANCE = {
-    "text->image": 8.0, "image->text": 8.0, "text->audio": 3.0, "audio->text": 5.0, "image->audio": 5.0,
-    "audio->image": 5.0, "text->video": 8.0, "video->text": 5.0, SIM_TASK: 8.0,
+    "text->image": 2.0, "image->text": 2.0, "text->audio": 3.0, "audio->text": 2.0, "image->audio": 1.5,
+    "audio->image": 2.0, "text->video": 2.0, "video->text": 2.0, SIM_TASK: 2.0,
 }
 
 

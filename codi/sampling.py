@@ -3,15 +3,17 @@
 Samplers are small pure functions in the style of k-diffusion: they take a
 ``model(x, t) -> eps`` (or ``-> v`` for a v-predicting model, Salimans & Ho
 2022; the schedule's ``prediction`` says which) on one flat tensor ``x [B, N]``
-and know nothing about modalities. Joint latents travel *packed* (:func:`pack_latents` /
-:func:`unpack_latents`, like UniDiffuser's ``_combine_joint``/``_split_joint``)
+and know nothing about modalities. Joint latents travel *packed*
+(:func:`pack_latents` / :func:`unpack_latents`, like UniDiffuser's
+``_combine_joint``/``_split_joint``)
 and are unpacked inside :class:`GuidedDenoiser`, which also applies
 classifier-free guidance (Ho & Salimans 2022):
 
     eps = eps(z_t, uncond) + s * (eps(z_t, cond) - eps(z_t, uncond))
 
 (the same combination of v outputs is the same guidance: eps and v are
-affine in each other at fixed ``z_t``), with both halves in one batch (unconditional half first, as the release).
+affine in each other at fixed ``z_t``), with both halves in one batch
+(unconditional half first, as the release).
 Environment vectors, which ignore the prompt, are computed once on the
 undoubled batch and shared by both halves.
 """

@@ -48,12 +48,13 @@ Every UNet built here gets :func:`codi.unets.unet.release_initialisation_`
 (the release's zero-initialised residual branches) before its first step.
 The shipped weights (``codi/weights/nano``) are the export of one
 uninterrupted run of ``python -m codi.train --preset nano --stage all
---threads 2 --jobs 2`` from an empty folder: 58 min 17 s on 2 cores, 2.5 GB
-peak memory. The critical path is data, ``clip`` (25.3 min on one thread:
-clip_video alone is 1.27 s a step), ``clap`` (4.3), ``latents`` (1.8), the
-image then video UNet (10.5 + 11.2, beside text 4.5 then audio 15.7) and
-the alignment chain (4.2); the autoencoders run beside ``clip`` (5.2 + 13.2
-+ 5.4 min: 1.5 min to spare).
+--threads 2 --jobs 2`` from an empty folder: 47 min 5 s on 2 cores, 2.4 GB
+peak memory (the previous timed run of the same steps took 58 min 17 s:
+the margin depends on the machine). The critical path is data, ``clip``
+(19.7 min on one thread: clip_video alone is 0.97 s a step), ``clap``
+(4.7), ``latents`` (1.1), the image then video UNet (8.4 + 9.3, beside text
+2.8 then audio 15.4) and the alignment chain (3.2); the autoencoders run
+beside ``clip`` (5.2 + 12.2 + 3.7 min).
 """
 from __future__ import annotations
 
