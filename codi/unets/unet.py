@@ -82,7 +82,7 @@ class MiddleBlock(nn.Module):
         second.release_names = {"res": "2.0" if second.temporal is not None else "2", "temporal": "2.1"}
 
     def forward(self, h, emb, context, num_frames):
-        h = self.first(h, emb, context, num_frames)  # no cross-attention: the context reaches temporal layers only
+        h = self.first(h, emb, context, num_frames)  # no cross-attention here: only a temporal route reads context
         h = self.attn(h, context)
         return self.second(h, emb, context, num_frames)
 
