@@ -27,10 +27,16 @@ from pathlib import Path
 import torch
 
 from codi.checkpoint import CheckpointError, load_state_dict_strict, read_state_dict, save_state_dict
+from codi.config import DiffusionConfig, ScheduleConfig, diffusion_preset
 
 NANO_DIR = Path(__file__).parent / "weights" / "nano"
 COMPONENTS = ("diffusion", "encoders", "image_vae", "audio_vae", "text_vae")
 TRAIN_COMMAND = "python -m codi.train --preset nano --stage all --out runs/nano --threads 2 --jobs 2"
+
+
+def nano_diffusion_config(preset: str = "nano") -> DiffusionConfig:
+    """The preset's diffusion configuration with the paper's latent alignment (each modality attends to the others)."""
+    return diffusion_preset(preset).replace(env_attention="others")
 
 
 def build_components(preset: str = "nano", scales: dict | None = None, only: tuple[str, ...] = COMPONENTS,
@@ -41,7 +47,6 @@ def build_components(preset: str = "nano", scales: dict | None = None, only: tup
     with an earlier one (:func:`manifest_diffusion_config`).
     """
     from codi.autoencoders import AudioAutoencoder, ImageAutoencoder, audio_vae_preset, image_vae_preset
-    from codi.config import diffusion_preset
     from codi.encoders import PromptEncoders, prompt_encoder_preset
     from codi.joint import CoDiDiffusion
     from codi.text_vae import TextAutoencoder, text_vae_preset
@@ -52,7 +57,7 @@ def build_components(preset: str = "nano", scales: dict | None = None, only: tup
     audio_cfg = dataclasses.replace(audio_cfg, vae=dataclasses.replace(audio_cfg.vae,
                                                                        scale_factor=scales.get("audio", 1.0)))
     text_cfg = dataclasses.replace(text_vae_preset(preset), scale_factor=scales.get("text", 1.0))
-    diffusion_cfg = diffusion_config or diffusion_preset(preset).replace(env_attention="others")
+    diffusion_cfg = diffusion_config or nano_diffusion_config(preset)
     builders = {
         "image_vae": lambda: ImageAutoencoder(image_cfg), "audio_vae": lambda: AudioAutoencoder(audio_cfg),
         "text_vae": lambda: TextAutoencoder(text_cfg), "encoders": lambda: PromptEncoders(prompt_encoder_preset(preset)),
@@ -117,16 +122,14 @@ def read_manifest(directory: str | os.PathLike = NANO_DIR, *, verify: bool = Tru
     return manifest
 
 
-def manifest_diffusion_config(manifest: dict):
+def manifest_diffusion_config(manifest: dict) -> DiffusionConfig:
     """The diffusion configuration the weights were trained with, from their manifest.
 
     A manifest that names no schedule was exported before CoDi-nano had its
     own: those weights were trained with the release's schedule (epsilon
     prediction) and without the prompt in the temporal layers.
     """
-    from codi.config import ScheduleConfig, diffusion_preset
-
-    config = diffusion_preset(manifest.get("preset", "nano")).replace(env_attention="others")
+    config = nano_diffusion_config(manifest.get("preset", "nano"))
     try:
         schedule = ScheduleConfig(**manifest.get("schedule", {}))
     except (TypeError, ValueError) as error:

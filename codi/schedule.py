@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from codi.config import ScheduleConfig
+from codi.config import PREDICTIONS, TIMESTEP_SPACINGS, ScheduleConfig
 
 
 def base_betas(config: ScheduleConfig) -> torch.Tensor:
@@ -73,7 +73,7 @@ def ddim_timesteps(steps: int, num_train_timesteps: int = 1000, spacing: str = "
                                               dtype=torch.float64)).long() - 1
         return descending.flip(0)
     if spacing != "leading":
-        raise ValueError(f"unknown timestep spacing {spacing!r}; valid: leading, trailing")
+        raise ValueError(f"unknown timestep spacing {spacing!r}; valid: {', '.join(TIMESTEP_SPACINGS)}")
     timesteps = torch.arange(0, num_train_timesteps, num_train_timesteps // steps) + 1
     if timesteps[-1] >= num_train_timesteps:
         raise ValueError(f"steps={steps} is not usable with the release's DDIM timestep rule (it reaches "
@@ -91,7 +91,7 @@ def training_target(z0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tens
         return noise
     if prediction == "v":
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * z0
-    raise ValueError(f"unknown prediction {prediction!r}; valid: epsilon, v")
+    raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
 
 
 def split_prediction(z_t: torch.Tensor, output: torch.Tensor, alpha_bar: torch.Tensor,
@@ -102,4 +102,4 @@ def split_prediction(z_t: torch.Tensor, output: torch.Tensor, alpha_bar: torch.T
         return (z_t - s * output) / a, output
     if prediction == "v":
         return a * z_t - s * output, s * z_t + a * output
-    raise ValueError(f"unknown prediction {prediction!r}; valid: epsilon, v")
+    raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")

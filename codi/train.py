@@ -74,6 +74,7 @@ from tqdm.auto import tqdm
 from codi.checkpoint import CheckpointError, read_state_dict, save_state_dict
 from codi.data.world import ATTRIBUTES, WorldConfig, world_sample
 from codi.nano import build_components
+from codi.schedule import alphas_cumprod, training_target
 
 STAGES = ("data", "image_vae", "audio_vae", "text_vae", "clip", "clap", "latents", "diffusion_image",
           "diffusion_video", "diffusion_audio", "diffusion_text", "align_text_image", "align_text_audio",
@@ -495,12 +496,10 @@ def _diffusion_latent(latents: dict, modality: str, idx: torch.Tensor) -> torch.
     return latents[modality][idx]
 
 
-def _noised(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, prediction: str):
+def _noised(x0: torch.Tensor, t: torch.Tensor, alpha_bar: torch.Tensor, prediction: str):
     """``(z_t, target)``: ``z_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` and what the UNet must output there."""
-    from codi.schedule import training_target
-
     noise = torch.randn_like(x0)
-    a = alphas_cumprod[t].view(-1, *([1] * (x0.ndim - 1)))
+    a = alpha_bar[t].view(-1, *([1] * (x0.ndim - 1)))
     return a.sqrt() * x0 + (1 - a).sqrt() * noise, training_target(x0, noise, a, prediction)
 
 
@@ -540,7 +539,7 @@ def _load_diffusion(run: Run):
 
 
 def _denoising_loss(unet, latents: dict, conditions: Conditions, rng: random.Random, modality: str, batch: int,
-                    alphas_cumprod: torch.Tensor, prediction: str) -> torch.Tensor:
+                    alpha_bar: torch.Tensor, prediction: str) -> torch.Tensor:
     """MSE of one UNet's epsilon or v prediction on ``batch`` training samples of ``modality``.
 
     Ho et al. 2020, Eq. 14 for epsilon; Salimans & Ho 2022 for v. ``t`` is
@@ -549,8 +548,8 @@ def _denoising_loss(unet, latents: dict, conditions: Conditions, rng: random.Ran
     """
     idx = [rng.randrange(latents["video"].shape[0]) for _ in range(batch)]
     x0 = _diffusion_latent(latents, modality, torch.tensor(idx))
-    t = torch.randint(0, len(alphas_cumprod), (batch,))
-    xt, target = _noised(x0, t, alphas_cumprod, prediction)
+    t = torch.randint(0, len(alpha_bar), (batch,))
+    xt, target = _noised(x0, t, alpha_bar, prediction)
     return F.mse_loss(unet(xt, t, conditions(rng, idx, modality)), target)
 
 
@@ -562,8 +561,6 @@ def stage_diffusion(run: Run, modality: str) -> None:
     shared, and training them on videos alone makes the image model forget
     its conditioning (measured: held-out image denoising loss 0.04 -> 0.31).
     """
-    from codi.schedule import alphas_cumprod
-
     model = _load_diffusion(run)
     conditions = Conditions(run)
     latents = conditions.latents
@@ -592,8 +589,6 @@ def stage_diffusion(run: Run, modality: str) -> None:
 
 
 def stage_align(run: Run, pair: tuple[str, str]) -> None:
-    from codi.schedule import alphas_cumprod
-
     model = _load_diffusion(run)
     conditions = Conditions(run, p_full=0.2)  # mostly partial captions: what the other modality must fill in
     latents = conditions.latents
