@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for multi-output tasks: joint, independent or both")
     p.add_argument("--sampler", choices=SAMPLERS, help="override the task's sampler")
     p.add_argument("--steps", type=int, help="override the task's number of sampling steps")
-    p.add_argument("--guidance-scale", type=float, help="override the task's guidance scale")
+    p.add_argument("--guidance-scale", type=float,
+                   help="override the guidance scale (default: the task's, or the generator's own where it has "
+                        "one: codi-nano's per-task scales chosen on validation prompts)")
     p.add_argument("--output", default="runs", help="output folder (default runs/)")
     p.add_argument("--samples-dir", help="score the samples in this folder instead of generating")
     p.add_argument("--no-save", action="store_true", help="do not save generated samples")
@@ -182,6 +184,12 @@ def run(args: argparse.Namespace, env: distributed.DistEnv | None = None) -> Pat
             raise
         except Exception as error:  # noqa: BLE001 (model loaders raise their own types)
             raise RuntimeError(f"cannot build generator {args.generator!r}: {error}") from error
+        if args.guidance_scale is None and hasattr(build, "default_guidance"):
+            guidance = build.default_guidance(task.inputs, task.outputs)
+            if env.is_root:
+                print(f"{task.name}: {args.generator} generates with guidance scale {guidance:g}, its own default "
+                      f"(the task's {task.sampler.guidance_scale:g} is the paper's); --guidance-scale overrides",
+                      file=sys.stderr)
         hashes = checkpoint_hashes(checkpoint, cache_dir)
         run_dir = output / settings_name(task, gen_name, hashes, sampler, steps, guidance, args.seed, args.dtype)
         prep = {**COMMON_OPTIONS, **options}

@@ -154,6 +154,7 @@ def test_export_loads_as_a_pipeline_and_checks_checksums(trained, tmp_path) -> N
 
 def test_metrics_run_defaults_to_nano_on_the_world(trained, tmp_path, monkeypatch) -> None:
     """`python -m metrics.run --task ...` with codi-nano and no data root scores the held-out world offline."""
+    from codi import nano_eval
     from metrics import run as metrics_run
 
     monkeypatch.delenv("CODI_DATA_ROOT", raising=False)
@@ -165,9 +166,24 @@ def test_metrics_run_defaults_to_nano_on_the_world(trained, tmp_path, monkeypatc
     (results,) = tmp_path.glob("*/results.json")
     doc = json.loads(results.read_text())
     assert doc["task_config"]["feature_space"] == "nano"
+    assert doc["settings"]["guidance_scale"] == nano_eval.guidance_for(("text",), ("video", "audio"))  # not the 7.5
     assert doc["settings"]["dataset"]["kind"] == "world" and doc["settings"]["num_samples"] == 2
     assert set(doc["metrics"]) == {"joint", "independent"}
     assert (tmp_path / "cache" / "world" / "test" / "world-test-00000.txt").read_text().startswith("a ")
+    code = metrics_run.main(["--task", "text2video+audio", "--checkpoint", str(out / "export"), "--num-samples", "1",
+                             "--steps", "1", "--guidance-scale", "4", "--output", str(tmp_path / "g4"),
+                             "--no-progress"])
+    (results,) = (tmp_path / "g4").glob("*/results.json")
+    assert code == 0 and json.loads(results.read_text())["settings"]["guidance_scale"] == 4
+
+
+def test_nano_guidance_per_task() -> None:
+    """CoDi-nano's own scale where the sweep chose one (names in the task's input/output order), else the usual."""
+    from codi.nano_eval import GUIDANCE, UNSWEPT_GUIDANCE, guidance_for
+
+    assert guidance_for(["text"], ["audio"]) == GUIDANCE["text->audio"]
+    assert guidance_for(("text",), ("video", "audio")) == GUIDANCE["text->video+audio"]
+    assert guidance_for(["text", "image", "audio"], ["image"]) == UNSWEPT_GUIDANCE
 
 
 def test_nano_eval_scores_every_task_on_an_export(trained) -> None:
