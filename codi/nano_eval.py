@@ -204,7 +204,7 @@ def evaluate(pipe, classifiers, samples: int = 64, steps: int = 25, guidance: fl
     if generated:
         report["frechet_nano"] = frechet_in_nano_space(pipe, generated, test)
     if SIM_TASK in tasks:
-        report["sim"] = sim_joint_vs_independent(pipe, test, steps, scales[SIM_TASK], seed)
+        report["sim"] = sim_joint_vs_independent(pipe, test, steps, scales[SIM_TASK], seed, classifiers)
     return report
 
 
@@ -256,25 +256,43 @@ def frechet_in_nano_space(pipe, generated: dict[str, torch.Tensor], test: list) 
     return result
 
 
+OPEN_ATTRIBUTES = ("motion", "size")  # what the SIM prompts leave open: joint generation must agree on them
+
+
 @torch.no_grad()
-def sim_joint_vs_independent(pipe, test, steps: int, guidance: float, seed: int) -> dict:
+def sim_joint_vs_independent(pipe, test, steps: int, guidance: float, seed: int, classifiers=None) -> dict:
+    """SIM(video, audio) per mode, and (with ``classifiers``) how often the two outputs agree on what is open.
+
+    Agreement is the diagnostic behind SIM: the classifiers read motion
+    (video) and rhythm (audio), size and octave, from both outputs; chance
+    agreement of independent outputs is about 1/4 and 1/2.
+    """
     from codi.train import partial_caption
 
     prompts = [partial_caption(s.attributes, ("colour", "shape")) for s in test]
-    scores = {}
+    scores, agree = {}, {}
     for mode in ("joint", "independent"):
-        sims = []
+        sims, same = [], {a: [] for a in OPEN_ATTRIBUTES}
         for start in range(0, len(prompts), 16):
             out = pipe.generate({"text": prompts[start:start + 16]}, ["video", "audio"], mode=mode, seed=seed + start,
                                 num_inference_steps=steps, guidance_scale=guidance)
             v = pipe.encoders.encode_video(out["video"])
             a = pipe.encoders.encode_audio(out["audio"])
             sims.extend((v * a).sum(1).tolist())
+            if classifiers is not None:
+                for seen, heard in zip(read_attributes(classifiers, "video", out["video"]),
+                                       read_attributes(classifiers, "audio", out["audio"])):
+                    for attribute in OPEN_ATTRIBUTES:
+                        same[attribute].append(float(seen[attribute] == heard[attribute]))
         scores[mode] = sims
+        if classifiers is not None:
+            agree[mode] = {a: dict(zip(("mean", "stderr"), mean_and_stderr(v))) for a, v in same.items()}
     diff = [j - i for j, i in zip(scores["joint"], scores["independent"])]
     result = {mode: dict(zip(("mean", "stderr"), mean_and_stderr(v))) for mode, v in scores.items()}
     result["joint_minus_independent"] = dict(zip(("mean", "stderr"), mean_and_stderr(diff)))
     result["prompts"] = "captions naming colour and shape only (motion and size left open)"
+    if agree:
+        result["video_audio_agreement"] = agree
     return result
 
 

@@ -199,6 +199,9 @@ def test_nano_eval_scores_every_task_on_an_export(trained) -> None:
     assert set(report["frechet_nano"]) == {"image", "video", "audio"}
     assert all(v["fd"] >= 0 and v["real_reference"] >= 0 for v in report["frechet_nano"].values())
     assert set(report["sim"]) >= {"joint", "independent", "joint_minus_independent"}
+    agreement = report["sim"]["video_audio_agreement"]
+    assert set(agreement) == {"joint", "independent"} and set(agreement["joint"]) == {"motion", "size"}
+    assert all(0 <= v["mean"] <= 1 for mode in agreement.values() for v in mode.values())
 
 
 def test_nano_eval_prompt_sets_tasks_and_guidance_choice(trained) -> None:
