@@ -48,13 +48,13 @@ Every UNet built here gets :func:`codi.unets.unet.release_initialisation_`
 (the release's zero-initialised residual branches) before its first step.
 The shipped weights (``codi/weights/nano``) are the export of one
 uninterrupted run of ``python -m codi.train --preset nano --stage all
---threads 2 --jobs 2`` from an empty folder: 47 min 5 s on 2 cores, 2.4 GB
-peak memory (the previous timed run of the same steps took 58 min 17 s:
-the margin depends on the machine). The critical path is data, ``clip``
-(19.7 min on one thread: clip_video alone is 0.97 s a step), ``clap``
-(4.7), ``latents`` (1.1), the image then video UNet (8.4 + 9.3, beside text
-2.8 then audio 15.4) and the alignment chain (3.2); the autoencoders run
-beside ``clip`` (5.2 + 12.2 + 3.7 min).
+--threads 2 --jobs 2`` from an empty folder: 48 min 47 s on 2 cores, 2.4 GB
+peak memory (earlier timed runs of the same steps took 47 min 5 s and, on
+another machine, 58 min 17 s: the margin depends on the machine). The
+critical path is data, ``clip`` (21.0 min on one thread: clip_video alone
+is 0.97 s a step), ``clap`` (4.7), ``latents`` (1.3), the image then video
+UNet (8.3 + 9.2, beside text 2.9 then audio 15.2) and the alignment chain
+(3.4); the autoencoders run beside ``clip`` (6.4 + 12.4 + 3.8 min).
 """
 from __future__ import annotations
 

@@ -196,6 +196,8 @@ def test_nano_eval_scores_every_task_on_an_export(trained) -> None:
     assert set(report["tasks"]) == {f"{s}->{t}" for s, t in nano_eval.TASKS}
     for task in report["tasks"].values():
         assert 0 <= task["accuracy"] <= min(task["per_attribute"].values()) <= 1
+        p = task["accuracy"]
+        assert task["stderr"] == pytest.approx((p * (1 - p) / (task["n"] - 1)) ** 0.5)  # of the 0/1 outcomes
     assert set(report["frechet_nano"]) == {"image", "video", "audio"}
     assert all(v["fd"] >= 0 and v["real_reference"] >= 0 for v in report["frechet_nano"].values())
     assert set(report["sim"]) >= {"joint", "independent", "joint_minus_independent"}
