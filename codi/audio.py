@@ -316,7 +316,7 @@ def griffin_lim_from_log_mel(log_mel: torch.Tensor, *, mel_basis: torch.Tensor |
     the nano preset, which ships no HiFi-GAN; quality is lower than a
     vocoder's but pitch, timbre and rhythm survive (nano_eval's classifier
     reads all four attributes of 128 real clips through log-mel -> waveform
-    -> log-mel; log-mel MSE 0.11).
+    -> log-mel; log-mel MSE 0.09, from the clamped pseudo-inverse 0.49).
     """
     basis = mel_filterbank(config) if mel_basis is None else mel_basis
     basis = basis.to(device=log_mel.device, dtype=torch.float32)
