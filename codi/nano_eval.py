@@ -76,7 +76,7 @@ def guidance_for(inputs: tuple[str, ...] | list[str], outputs: tuple[str, ...] |
     ``metrics.run`` uses it for ``--generator codi-nano`` unless ``--guidance-scale`` is given: the
     task configurations carry the paper's 7.5, at which CoDi-nano is worse on every task (the sweep).
     """
-    return GUIDANCE.get(f"{'+'.join(inputs)}->{'+'.join(outputs)}", UNSWEPT_GUIDANCE)
+    return GUIDANCE.get(task_name("+".join(inputs), "+".join(outputs)), UNSWEPT_GUIDANCE)
 
 
 class AttributeClassifier(nn.Module):
@@ -150,6 +150,11 @@ def mean_and_stderr(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
     return mean, math.sqrt(var / n)
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """``{"mean", "stderr"}`` of ``values`` (:func:`mean_and_stderr`), as the report writes them."""
+    return dict(zip(("mean", "stderr"), mean_and_stderr(values)))
 
 
 def evaluate(pipe, classifiers, samples: int = 64, steps: int = 25, guidance: float | dict[str, float] | None = None,
@@ -288,10 +293,10 @@ def sim_joint_vs_independent(pipe, test, steps: int, guidance: float, seed: int,
                         same[attribute].append(float(seen[attribute] == heard[attribute]))
         scores[mode] = sims
         if classifiers is not None:
-            agree[mode] = {a: dict(zip(("mean", "stderr"), mean_and_stderr(v))) for a, v in same.items()}
+            agree[mode] = {a: summary(v) for a, v in same.items()}
     diff = [j - i for j, i in zip(scores["joint"], scores["independent"])]
-    result = {mode: dict(zip(("mean", "stderr"), mean_and_stderr(v))) for mode, v in scores.items()}
-    result["joint_minus_independent"] = dict(zip(("mean", "stderr"), mean_and_stderr(diff)))
+    result = {mode: summary(v) for mode, v in scores.items()}
+    result["joint_minus_independent"] = summary(diff)
     result["prompts"] = "captions naming colour and shape only (motion and size left open)"
     if agree:
         result["video_audio_agreement"] = agree
