@@ -570,7 +570,8 @@ def stage_diffusion(run: Run, modality: str) -> None:
     if modality == "video":
         # still frames weighted 1.0, as much as the videos: at 0.5 the video stage cost text->image 0.89 -> 0.73
         # (64 validation prompts, guidance 2); rerun from the same image UNet at 1.0: 0.83, and text->video
-        # 0.80 vs 0.78 (motion 0.97)
+        # 0.80 vs 0.78 (motion 0.97). On 256 validation prompts at 1.0: 0.81 before, 0.82 after, so no cost;
+        # freezing the spatial layers instead (temporal layers only) gave text->video 0.79 against 0.82
         def loss(rng):
             return (_denoising_loss(unet, latents, conditions, rng, "video", 12, ac, prediction)
                     + _denoising_loss(unet, latents, conditions, rng, "image", 16, ac, prediction))

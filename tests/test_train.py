@@ -14,8 +14,8 @@ import torch
 from codi.checkpoint import CheckpointError, read_state_dict
 from codi.config import NANO_SCHEDULE, ScheduleConfig, diffusion_preset
 from codi.nano import load_nano, manifest_diffusion_config, read_manifest
-from codi.train import (DEPENDS, STAGES, STEPS, _without_options, agreement, chain_length, main, multi_positive_nce,
-                        partial_caption)
+from codi.train import (DEPENDS, STAGES, STEPS, Conditions, Run, _without_options, agreement, chain_length, main,
+                        multi_positive_nce, partial_caption, seeded_random)
 
 
 def test_partial_captions_and_agreement() -> None:
@@ -115,6 +115,27 @@ def test_finished_stages_are_skipped_and_a_stage_resumes(trained) -> None:
     ckpt = torch.load(out / "diffusion_text.ckpt", weights_only=True)
     assert ckpt["step"] == round(STEPS["diffusion_text"] * 0.001)  # --steps-scale 0.001, checkpointed every step
     assert main(args[:-1] + ["--stage", "diffusion_text", "--no-progress"]) == 0  # resumes at its last step
+
+
+def test_conditions_draw_each_kind_at_its_share(trained) -> None:
+    """10 % unconditional, 40 % another modality's embedding (for an image: audio's), 50 % captions."""
+    out, _ = trained
+    conditions = Conditions(Run(out, "nano", 0.001, 24, 8, save_every=1, seed=0, progress=False))
+    audio, uncond = conditions.latents["embeddings"]["audio"], conditions.latents["uncond"]
+    rng, counts = seeded_random("test"), {"audio": 0, "uncond": 0, "caption": 0}
+    draws = 4000
+    for _ in range(draws // 8):
+        indices = [rng.randrange(len(audio)) for _ in range(8)]
+        for i, row in zip(indices, conditions(rng, indices, "image")[:, 0]):
+            if torch.equal(row, audio[i]):
+                counts["audio"] += 1
+            elif any(torch.equal(row, u) for u in uncond.values()):
+                counts["uncond"] += 1
+            else:
+                counts["caption"] += 1
+    shares = {kind: n / draws for kind, n in counts.items()}
+    expected = {"audio": 0.4, "uncond": 0.1, "caption": 0.5}
+    assert all(abs(shares[kind] - want) < 0.03 for kind, want in expected.items()), shares
 
 
 def test_a_stage_gives_the_same_weights_in_every_process(trained, tmp_path) -> None:
