@@ -114,11 +114,12 @@ def pytest_configure(config):
         return
     report_dir = Path(opt.bench_report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    if opt.benchmark_json:
-        config._codi_bench["json"] = Path(opt.benchmark_json)
+    if opt.benchmark_json:  # a path (pytest-benchmark >= 5.3) or a file it opened "wb"
+        config._codi_bench["json"] = Path(getattr(opt.benchmark_json, "name", opt.benchmark_json))
     else:  # pytest-benchmark writes in place; write beside the target and rename when the session ends
         partial = report_dir / f".{JSON_NAME}.{os.getpid()}.partial"
-        opt.benchmark_json = partial
+        # as pytest-benchmark parses it: a path from 5.3 on, a file opened "wb" before
+        opt.benchmark_json = config._parser.parse_known_args([f"--benchmark-json={partial}"]).benchmark_json
         config._codi_bench.update(json=report_dir / JSON_NAME, partial=partial)
 
 
@@ -191,7 +192,8 @@ def pytest_sessionfinish(session, exitstatus):
     messages = state["messages"]
     partial, target = state["partial"], state["json"]
     if partial is not None:
-        if not partial.exists():
+        if not partial.exists() or partial.stat().st_size == 0:  # before 5.3 the file is opened at start
+            partial.unlink(missing_ok=True)
             messages.append("no benchmark ran: nothing written")
             return
         os.replace(partial, target)

@@ -42,6 +42,10 @@ PEAK_FLOPS = {  # dense peak FLOP/s by (device name fragment, dtype); MFU is lef
     ("A100", torch.bfloat16): 312e12, ("A100", torch.float16): 312e12, ("A100", torch.float32): 19.5e12,
 }
 
+# ||codi - release|| / ||release|| after a whole run; measured on the tiny preset over 10 steps: float32 2e-6,
+# bfloat16 0.034 (a wrong guidance or a dropped condition moves it by O(1))
+RELATIVE_BOUND = {torch.float32: 1e-4, torch.bfloat16: 1e-1, torch.float16: 2e-2}
+
 
 def option(request, name: str, default):
     try:
@@ -195,7 +199,12 @@ def test_against_release_structure(benchmark, settings, structure):
         record(benchmark, settings, task="text2video+audio", mode="release_structure", batch=batch, flops=flops,
                rounds={"fn": run, "n": 3})
         slow_result = run()
-    torch.testing.assert_close(fast(), slow_result, rtol=1e-3, atol=1e-3)  # same numbers, less work
+    # same numbers, less work: the two differ only in the order of operations, so rounding sets the bound
+    fast_result = fast().float()
+    relative = ((fast_result - slow_result.float()).norm() / slow_result.float().norm()).item()
+    benchmark.extra_info["relative_difference_to_codi"] = relative
+    bound = RELATIVE_BOUND[settings["dtype"]]
+    assert relative <= bound, f"release structure and this sampler differ by {relative:.2e} (bound {bound:.0e})"
 
 
 def test_flops_per_guided_step_at_full_size():
