@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from codi.data.world import ATTRIBUTES, WorldConfig, parse_caption, world_sample
+from metrics.base import mean_and_stderr
 
 VISIBLE = {  # attributes each modality shows
     "text": ("size", "colour", "shape", "motion"), "image": ("size", "colour", "shape"),
@@ -145,15 +146,8 @@ def read_attributes(classifiers, modality: str, values) -> list[dict[str, str | 
     return classifiers[modality].read(classifier_input(modality, values))
 
 
-def mean_and_stderr(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
-    return mean, math.sqrt(var / n)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    """``{"mean", "stderr"}`` of ``values`` (:func:`mean_and_stderr`), as the report writes them."""
+def summary(values: list[float]) -> dict[str, float | None]:
+    """``{"mean", "stderr"}`` of ``values`` (the suite's ``mean_and_stderr``), as the report writes them."""
     return dict(zip(("mean", "stderr"), mean_and_stderr(values)))
 
 

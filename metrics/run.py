@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -131,20 +132,19 @@ def run(args: argparse.Namespace, env: distributed.DistEnv | None = None) -> Pat
         raise ValueError("--batch-size must be >= 1")
     sampler = args.sampler or task.sampler.name
     steps = args.steps or task.sampler.steps
-    guidance = task.sampler.guidance_scale if args.guidance_scale is None else args.guidance_scale
     modes = task.modes if task.modes == ("default",) else MODE_CHOICES[args.mode]
     output = Path(args.output)
     cache_dir = Path(args.cache_dir) if args.cache_dir else output / "cache"
 
     # dataset
     kind, split, options = task.dataset.kind, task.dataset.split, dict(task.dataset.options)
+    root_given = bool(args.data_root or os.environ.get("CODI_DATA_ROOT"))
     if args.manifest:
         manifest = Path(args.manifest).resolve()
         kind, split, options = "jsonl", None, {**{k: v for k, v in options.items() if k != "path"},
                                                "path": str(manifest)}
-        root = manifest.parent if not (args.data_root or __import__("os").environ.get("CODI_DATA_ROOT")) \
-            else data_root(args.data_root)
-    elif args.generator == "codi-nano" and not (args.data_root or __import__("os").environ.get("CODI_DATA_ROOT")):
+        root = data_root(args.data_root) if root_given else manifest.parent
+    elif args.generator == "codi-nano" and not root_given:
         # the embedded model on its own held-out world (metrics/world.py): runs offline, nano-space numbers
         import metrics.world  # noqa: F401  (registers the dataset)
 
@@ -163,6 +163,7 @@ def run(args: argparse.Namespace, env: distributed.DistEnv | None = None) -> Pat
     dtype = DTYPES[args.dtype]
     device = env.device
     generator, hashes, samples_from, checkpoint = None, {}, None, args.checkpoint
+    guidance = task.sampler.guidance_scale if args.guidance_scale is None else args.guidance_scale
     if args.samples_dir:
         samples_from = Path(args.samples_dir)
         if not samples_from.is_dir():
