@@ -115,7 +115,8 @@ def pytest_configure(config):
     report_dir = Path(opt.bench_report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     if opt.benchmark_json:  # a path (pytest-benchmark >= 5.3) or a file it opened "wb"
-        config._codi_bench["json"] = Path(getattr(opt.benchmark_json, "name", opt.benchmark_json))
+        given = opt.benchmark_json
+        config._codi_bench["json"] = Path(given.name if hasattr(given, "write") else given)
     else:  # pytest-benchmark writes in place; write beside the target and rename when the session ends
         partial = report_dir / f".{JSON_NAME}.{os.getpid()}.partial"
         # as pytest-benchmark parses it: a path from 5.3 on, a file opened "wb" before
