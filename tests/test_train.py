@@ -267,6 +267,28 @@ def test_classifiers_read_real_data() -> None:
             assert sum(r[attribute] == s.attributes[attribute] for r, s in zip(read, test)) / len(test) >= 0.75
 
 
+def test_cached_classifiers_are_the_trained_ones(tmp_path) -> None:
+    """`--classifier-cache`: the first call trains and saves, the second reads the same judges back; a file
+    missing a modality's tensors is refused by name."""
+    from codi import nano_eval
+    from codi.checkpoint import save_state_dict
+    from codi.data.world import world_sample
+
+    first = nano_eval.cached_classifiers(tmp_path, samples=16, steps=3, seed=1)
+    path = tmp_path / "judges-16x3-seed1.safetensors"
+    assert path.is_file()
+    again = nano_eval.cached_classifiers(tmp_path, samples=16, steps=3, seed=1)
+    test = [world_sample(i, "test") for i in range(8)]
+    for modality in nano_eval.JUDGE_CHANNELS:
+        x = nano_eval.classifier_input(modality, torch.stack([getattr(s, modality) for s in test]))
+        for attribute, logits in first[modality](x).items():
+            torch.testing.assert_close(again[modality](x)[attribute], logits, rtol=0, atol=0)
+    state = read_state_dict(path)
+    save_state_dict({k: v for k, v in state.items() if not k.startswith("audio.")}, path)
+    with pytest.raises(CheckpointError, match="audio judge"):
+        nano_eval.cached_classifiers(tmp_path, samples=16, steps=3, seed=1)
+
+
 @pytest.fixture(scope="module")
 def shipped():
     """The package's own CoDi-nano, loaded (and its checksums verified) once for the tests below."""
