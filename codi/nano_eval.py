@@ -141,7 +141,8 @@ def train_classifiers(samples: int = JUDGE_SAMPLES, steps: int = JUDGE_STEPS,
     classifiers = {}
     for modality, channels in JUDGE_CHANNELS.items():
         model = AttributeClassifier(channels, VISIBLE[modality])
-        inputs = classifier_input(modality, values[modality])
+        # in chunks: the log-mel of 4096 clips at once took 8-20 GB
+        inputs = torch.cat([classifier_input(modality, chunk) for chunk in values[modality].split(512)])
         targets = {a: torch.tensor([ATTRIBUTES[a].index(s.attributes[a]) for s in world]) for a in VISIBLE[modality]}
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
         for _ in range(steps):

@@ -47,17 +47,15 @@ with the longest chain of stages behind it starts first (:func:`chain_length`).
 Every UNet built here gets :func:`codi.unets.unet.release_initialisation_`
 (the release's zero-initialised residual branches) before its first step.
 The last timed run of ``python -m codi.train --preset nano --stage all
---threads 2 --jobs 2`` from an empty folder (the previous shipped model,
-4800 image-UNet steps) took 48 min 47 s on 2 cores, 2.4 GB peak memory
-(earlier timed runs of the same steps: 47 min 5 s and, on another machine,
-58 min 17 s: the margin depends on the machine). Its critical path was
-data, ``clip`` (21.0 min on one thread: clip_video alone is 0.97 s a step),
-``clap`` (4.7), ``latents`` (1.3), the text then audio UNet (2.9 + 15.2,
-beside image 8.3 then video 9.2) and the alignment chain (3.4); the
-autoencoders run beside ``clip`` (6.4 + 12.4 + 3.8 min). The shipped
-weights (``codi/weights/nano``) add the image UNet's 7200 steps (about 12.4
-min, so the image-then-video chain becomes the critical one: about 52 min
-in all, not yet timed from scratch; README, "CoDi-nano").
+--threads 2 --jobs 2`` from an empty folder (commit a3f67fa, these
+``STEPS``) took 52 min 46 s on 2 cores, 2.4 GB peak memory. Its critical
+path was data, ``clip`` (20.0 min on one thread: clip_video alone is about
+1 s a step), ``clap`` (4.6), ``latents`` (1.2), the image then video UNet
+(13.3 + 9.6, beside text 2.9 then audio 15.6) and the alignment chain
+(3.3); the autoencoders run beside ``clip`` (5.2 + 12.5 + 3.7 min).
+Earlier timed runs with 4800 image-UNet steps took 48 min 47 s and 47 min
+5 s here and 58 min 17 s on another machine: the margin under an hour
+depends on the machine (README, "CoDi-nano").
 """
 from __future__ import annotations
 
