@@ -62,7 +62,8 @@ SIM_TASK = "text->video+audio"  # the joint-vs-independent SIM comparison
 # The judges' training. 1536 events and 1000 steps (before) left them short of converged: on the same 256 shipped
 # text->image outputs, judges trained with seeds 0-3 scored 0.83 / 0.88 / 0.86 / 0.84 (and read real held-out images
 # right for 0.95-0.98): clearly drawn convex diamonds were read as squares or circles, because a diamond in the world
-# has concave sides. With 4096 events and 3000 steps two seeds give 0.93 / 0.93 and read real images 0.99.
+# has concave sides. With 4096 events and 3000 steps seeds 0 and 1 (one thread) give 0.93 / 0.93, seed 0 on two
+# threads 0.91, and they read real images right for 0.99-1.00 (README, "What the shipped CoDi-nano does").
 JUDGE_SAMPLES, JUDGE_STEPS = 4096, 3000
 JUDGE_CHANNELS = {"image": 3, "video": 6, "audio": 1}  # classifier_input's channels per modality
 
