@@ -159,7 +159,8 @@ def train_classifiers(samples: int = JUDGE_SAMPLES, steps: int = JUDGE_STEPS,
 
 def cached_classifiers(cache_dir: str | os.PathLike, samples: int = JUDGE_SAMPLES, steps: int = JUDGE_STEPS,
                        seed: int = 0) -> dict[str, AttributeClassifier]:
-    """:func:`train_classifiers`, saved to and reused from ``cache_dir/judges-<samples>x<steps>-seed<seed>.safetensors``.
+    """:func:`train_classifiers`, saved to and reused from
+    ``cache_dir/judges-<samples>x<steps>-seed<seed>.safetensors``.
 
     The file is keyed by the training recipe only: after a change to the world's renderer or to
     :class:`AttributeClassifier`, empty the cache (the report's ``classifier_accuracy_on_real`` is measured afresh
@@ -168,17 +169,11 @@ def cached_classifiers(cache_dir: str | os.PathLike, samples: int = JUDGE_SAMPLE
     path = Path(cache_dir) / f"judges-{samples}x{steps}-seed{seed}.safetensors"
     if not path.is_file():
         classifiers = train_classifiers(samples, steps, seed)
-        save_state_dict({f"{m}.{k}": v for m, c in classifiers.items() for k, v in c.state_dict().items()}, path)
+        save_state_dict(nn.ModuleDict(classifiers).state_dict(), path)  # tensors named "<modality>.<name>"
         return classifiers
-    state = read_state_dict(path)
-    classifiers = {}
-    for modality, channels in JUDGE_CHANNELS.items():
-        model = AttributeClassifier(channels, VISIBLE[modality])
-        prefix = f"{modality}."
-        load_state_dict_strict(model, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                               source=f"{path} ({modality} judge)")
-        classifiers[modality] = model.eval()
-    return classifiers
+    judges = nn.ModuleDict({m: AttributeClassifier(c, VISIBLE[m]) for m, c in JUDGE_CHANNELS.items()})
+    load_state_dict_strict(judges, read_state_dict(path), source=f"{path} (nano_eval's attribute classifiers)")
+    return {modality: judge.eval() for modality, judge in judges.items()}
 
 
 def read_attributes(classifiers, modality: str, values) -> list[dict[str, str | None]]:
