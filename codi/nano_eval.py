@@ -302,14 +302,19 @@ def sim_joint_vs_independent(pipe, test, steps: int, guidance: float, seed: int,
 
     Agreement is the diagnostic behind SIM: the classifiers read motion
     (video) and rhythm (audio), size and octave, from both outputs; chance
-    agreement of independent outputs is about 1/4 and 1/2.
+    agreement of independent outputs is about 1/4 and 1/2. They also read
+    whether each output shows the colour and shape its prompt names
+    (``named_right``): a joint gain must not come from outputs that stop
+    following the prompt.
     """
     from codi.train import partial_caption
 
-    prompts = [partial_caption(s.attributes, ("colour", "shape")) for s in test]
-    scores, agree = {}, {}
+    named = ("colour", "shape")
+    prompts = [partial_caption(s.attributes, named) for s in test]
+    scores, agree, named_right = {}, {}, {}
     for mode in ("joint", "independent"):
         sims, same = [], {a: [] for a in OPEN_ATTRIBUTES}
+        right = {"video": [], "audio": []}
         for start in range(0, len(prompts), 16):
             out = pipe.generate({"text": prompts[start:start + 16]}, ["video", "audio"], mode=mode, seed=seed + start,
                                 num_inference_steps=steps, guidance_scale=guidance)
@@ -317,19 +322,24 @@ def sim_joint_vs_independent(pipe, test, steps: int, guidance: float, seed: int,
             a = pipe.encoders.encode_audio(out["audio"])
             sims.extend((v * a).sum(1).tolist())
             if classifiers is not None:
-                for seen, heard in zip(read_attributes(classifiers, "video", out["video"]),
-                                       read_attributes(classifiers, "audio", out["audio"])):
+                events = [s.attributes for s in test[start:start + 16]]
+                for seen, heard, event in zip(read_attributes(classifiers, "video", out["video"]),
+                                              read_attributes(classifiers, "audio", out["audio"]), events):
                     for attribute in OPEN_ATTRIBUTES:
                         same[attribute].append(float(seen[attribute] == heard[attribute]))
+                    for modality, read in (("video", seen), ("audio", heard)):
+                        right[modality].append(float(all(read[k] == event[k] for k in named)))
         scores[mode] = sims
         if classifiers is not None:
             agree[mode] = {a: summary(v) for a, v in same.items()}
+            named_right[mode] = {m: summary(v) for m, v in right.items()}
     diff = [j - i for j, i in zip(scores["joint"], scores["independent"])]
     result = {mode: summary(v) for mode, v in scores.items()}
     result["joint_minus_independent"] = summary(diff)
     result["prompts"] = "captions naming colour and shape only (motion and size left open)"
     if agree:
         result["video_audio_agreement"] = agree
+        result["named_right"] = named_right
     return result
 
 

@@ -29,11 +29,13 @@ The release never published training code; this follows the paper's stages
    The UNets learn v-prediction on the release's schedule rescaled to zero
    terminal SNR (:data:`codi.config.NANO_SCHEDULE`; the preset's schedule is
    what every diffusion stage trains with, and the export records it).
-6. Latent alignment with everything else frozen: ``align_text_image``,
-   ``align_text_audio``, ``align_audio_video`` train the environment encoders
-   and connector cross-attention on joint denoising of paired latents,
-   conditioned mostly on partial captions (what is left open is what the
-   other modality must supply); they extend ``alignment.safetensors``.
+6. Latent alignment with everything else frozen, in the paper's order:
+   ``align_text_image`` (both sides), ``align_text_audio`` (the audio side;
+   text frozen), ``align_audio_video`` (the video side; audio frozen). Each
+   trains the environment encoders contrastively on paired latents, then
+   the connector cross-attention on joint denoising with the encoders
+   frozen, conditioned on captions that leave size and motion to the other
+   modality (:func:`stage_align`); they extend ``alignment.safetensors``.
 7. ``export``: fp16 safetensors + tokenizers + a manifest with checksums and
    scale factors into the output folder (``codi/weights/nano`` ships them).
 
@@ -47,12 +49,16 @@ with the longest chain of stages behind it starts first (:func:`chain_length`).
 Every UNet built here gets :func:`codi.unets.unet.release_initialisation_`
 (the release's zero-initialised residual branches) before its first step.
 The last timed run of ``python -m codi.train --preset nano --stage all
---threads 2 --jobs 2`` from an empty folder (commit a3f67fa, these
-``STEPS``) took 52 min 46 s on 2 cores, 2.4 GB peak memory. Its critical
+--threads 2 --jobs 2`` from an empty folder (commit a3f67fa: these
+``STEPS`` but the alignment's) took 52 min 46 s on 2 cores, 2.4 GB peak memory. Its critical
 path was data, ``clip`` (20.0 min on one thread: clip_video alone is about
 1 s a step), ``clap`` (4.6), ``latents`` (1.2), the image then video UNet
 (13.3 + 9.6, beside text 2.9 then audio 15.6) and the alignment chain
-(3.3); the autoencoders run beside ``clip`` (5.2 + 12.5 + 3.7 min).
+(3.3); the autoencoders run beside ``clip`` (5.2 + 12.5 + 3.7 min). The
+alignment chain has since become two-step (contrastive environment
+encoders, then connectors) and takes 6.3 min (0.6 + 0.7 + 5.0, measured
+stage by stage on that run's UNets), so the whole run is about 56 min;
+not re-timed end to end.
 Earlier timed runs with 4800 image-UNet steps took 48 min 47 s and 47 min
 5 s here and 58 min 17 s on another machine: the margin under an hour
 depends on the machine (README, "CoDi-nano").
@@ -86,7 +92,8 @@ STAGES = ("data", "image_vae", "audio_vae", "text_vae", "clip", "clap", "latents
 STEPS = {  # default optimisation steps per stage (scaled by --steps-scale); what the shipped nano used
     "image_vae": 600, "audio_vae": 400, "text_vae": 4000, "clip": 1500, "clip_video": 1000, "clap": 1000,
     "diffusion_image": 7200, "diffusion_video": 1000, "diffusion_audio": 4300, "diffusion_text": 4000,
-    "align_text_image": 200, "align_text_audio": 200, "align_audio_video": 300,
+    "align_text_image_env": 400, "align_text_audio_env": 400, "align_audio_video_env": 400,
+    "align_text_image": 200, "align_text_audio": 200, "align_audio_video": 600,
 }
 ATTRIBUTE_ORDER = ("size", "colour", "shape", "motion")
 REVERSED_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up"}  # a video played backwards
@@ -139,6 +146,16 @@ def multi_positive_nce(a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor
     target_ba = positives.T / positives.T.sum(1, keepdim=True)
     return 0.5 * (torch.sum(-target_ab * logits.log_softmax(1), 1).mean()
                   + torch.sum(-target_ba * logits.T.log_softmax(1), 1).mean())
+
+
+def centred_nce(a: torch.Tensor, b: torch.Tensor, positives: torch.Tensor, temperature: float = 0.1):
+    """:func:`multi_positive_nce` of ``a``, ``b [B, C]`` centred on their batch means and renormalised.
+
+    A part that every row shares says nothing about which rows pair up; centring removes it, so the loss
+    neither rewards nor is swamped by it (uncentred, environment vectors collapsed onto it).
+    """
+    a, b = (F.normalize(x - x.mean(0), dim=-1) for x in (a, b))
+    return multi_positive_nce(a, b, positives, temperature)
 
 
 # ------------------------------------------------------------------ run state
@@ -596,35 +613,102 @@ def stage_diffusion(run: Run, modality: str) -> None:
     run.mark_done(f"diffusion_{modality}")
 
 
-def stage_align(run: Run, pair: tuple[str, str]) -> None:
-    model = _load_diffusion(run)
-    conditions = Conditions(run, p_full=0.2)  # mostly partial captions: what the other modality must fill in
-    latents = conditions.latents
-    ac, prediction = alphas_cumprod(model.config.schedule), model.config.schedule.prediction
+# The paper's order (Sec. 3.4): text-image trains both sides; text-audio freezes the text diffuser and trains the
+# audio side; audio-video freezes the audio side and trains the video side (the image UNet's alignment parameters)
+ALIGN_TRAINS = {("text", "image"): ("text", "image"), ("text", "audio"): ("audio",), ("audio", "video"): ("video",)}
+SHOWN = {"image": ("size", "colour", "shape")}  # what a modality shows of the event (the rest: every attribute)
+CONNECTOR_BAND = (200, 800)  # timesteps the connectors train at: the partner's environment vector is informative
+
+
+def _environment_loss(model, latents: dict, attributes: list[dict], pair: tuple[str, str], rng: random.Random,
+                      alpha_bar: torch.Tensor, prediction: str, batch: int = 64) -> torch.Tensor:
+    """Contrastive loss putting the pair's environment vectors ``V_a(z_t)``, ``V_b(z_t)`` in one space.
+
+    Paired latents are noised at *one* timestep for the whole batch (with a
+    timestep per pair, ``t`` itself identifies the pair and the encoders learn
+    that: measured, the vectors of different clips at one ``t`` became
+    identical). The vectors are centred on the batch mean before the
+    multi-positive InfoNCE: a unit vector averaged over frames and space is
+    dominated by a part shared by every clip (cosine 0.95-0.98 between
+    clips), and uncentred InfoNCE collapsed onto it (loss stuck at ln B).
+    Positives: pairs agreeing on every attribute both modalities show.
+    """
     n = latents["video"].shape[0]
+    idx = [rng.randrange(n) for _ in range(batch)]
+    t = torch.full((batch,), rng.randrange(len(alpha_bar)))
+    noisy = {m: _noised(_diffusion_latent(latents, m, torch.tensor(idx)), t, alpha_bar, prediction)[0] for m in pair}
+    env = model.environments(noisy, t)  # {m: [B, 1, C_env]}
+    shown = [attr for attr in ATTRIBUTE_ORDER if all(attr in SHOWN.get(m, ATTRIBUTE_ORDER) for m in pair)]
+    events = [attributes[i] for i in idx]
+    return centred_nce(env[pair[0]][:, 0], env[pair[1]][:, 0], agreement(events, events, [shown] * batch))
+
+
+def _open_conditions(latents: dict, attributes: list[dict], idx: list[int], rng: random.Random) -> torch.Tensor:
+    """``[B, 1, D]`` captions naming at most colour and shape (10 % unconditional): size and motion are left open."""
+    index = {t: k for k, t in enumerate(latents["texts"])}
+    rows = []
+    for i in idx:
+        if rng.random() < 0.1:
+            rows.append(latents["uncond"]["text"])
+        else:
+            keep = [k for k in ("colour", "shape") if rng.random() < 0.7]
+            rows.append(latents["text_table"][index[partial_caption(attributes[i], keep)]])
+    return torch.stack(rows)[:, None, :]
+
+
+def _trainable(model, modalities: Iterable[str], part: str) -> list[torch.nn.Parameter]:
+    """Only ``part`` ("env_encoder" or "connectors") of ``modalities``' UNets requires grad; returns those parameters."""
     model.requires_grad_(False)
-    params = []
-    for modality in pair:
-        for name, p in model.unet(modality).named_parameters():
-            if _is_alignment(name):
-                p.requires_grad_(True)
-                params.append(p)
+    params = [p for m in modalities for name, p in model.unet(m).named_parameters() if _is_alignment(name)
+              and part in name]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def stage_align(run: Run, pair: tuple[str, str]) -> None:
+    """Latent alignment of ``pair`` (Sec. 3.4), in two steps for the trained side ``ALIGN_TRAINS[pair]``.
+
+    1. ``align_<a>_<b>_env``: the environment encoders, contrastively on
+       paired latents (:func:`_environment_loss`), so that ``V`` carries the
+       event into the shared space. Trained by the denoising loss instead,
+       they collapse: the connectors first learn a bias, which a constant
+       vector serves, and then every clip's vector was the same (cosine
+       0.999); the denoiser then gave the same loss with the paired partner
+       as with a mismatched one, and joint generation never beat independent.
+    2. ``align_<a>_<b>``: the connectors, with the encoders frozen, on joint
+       denoising at ``CONNECTOR_BAND`` timesteps, conditioned on captions that
+       leave size and motion to the partner (:func:`_open_conditions`).
+    """
+    model = _load_diffusion(run)
+    latents = torch.load(run.out / "latents.pt", weights_only=True)
+    attributes = run.data["train"]["attributes"]
+    ac, prediction = alphas_cumprod(model.config.schedule), model.config.schedule.prediction
+    trains, name = ALIGN_TRAINS[pair], f"align_{pair[0]}_{pair[1]}"
+    n = latents["video"].shape[0]
+
+    run.fit(f"{name}_env", model, _trainable(model, trains, "env_encoder"),
+            lambda rng: _environment_loss(model, latents, attributes, pair, rng, ac, prediction), lr=1e-3)
+
+    params = _trainable(model, trains, "connectors")
     batch = 12 if "video" in pair else 24
 
     def loss(rng):
         idx = [rng.randrange(n) for _ in range(batch)]
-        t = torch.randint(0, len(ac), (batch,))
-        clean = {m: _diffusion_latent(latents, m, torch.tensor(idx)) for m in pair}
+        t = torch.randint(*CONNECTOR_BAND, (batch,))
         noisy, target = {}, {}
-        for m, x0 in clean.items():
-            noisy[m], target[m] = _noised(x0, t, ac, prediction)
-        out = model(noisy, t, conditions(rng, idx, pair))
-        return sum(F.mse_loss(out[m], target[m]) for m in pair) / len(pair)
+        for m in pair:
+            noisy[m], target[m] = _noised(_diffusion_latent(latents, m, torch.tensor(idx)), t, ac, prediction)
+        with torch.no_grad():
+            env = model.environments(noisy, t)  # frozen here
+        context = _open_conditions(latents, attributes, idx, rng)
+        out = {m: model.unet(m)(noisy[m], t, context, model.env_tokens(env, m)) for m in trains}
+        return sum(F.mse_loss(out[m], target[m]) for m in trains) / len(trains)
 
-    run.fit(f"align_{pair[0]}_{pair[1]}", model, params, loss, lr=3e-4)
-    aligned = {name: value for name, value in model.state_dict().items() if _is_alignment(name)}
+    run.fit(name, model, params, loss, lr=3e-3)
+    aligned = {key: value for key, value in model.state_dict().items() if _is_alignment(key)}
     save_state_dict(aligned, run.out / "alignment.safetensors")
-    run.mark_done(f"align_{pair[0]}_{pair[1]}")
+    run.mark_done(name)
 
 
 def stage_export(run: Run, destination: Path | None = None) -> None:

@@ -14,8 +14,8 @@ import torch
 from codi.checkpoint import CheckpointError, read_state_dict
 from codi.config import NANO_SCHEDULE, ScheduleConfig, diffusion_preset
 from codi.nano import load_nano, manifest_diffusion_config, read_manifest
-from codi.train import (DEPENDS, STAGES, STEPS, Conditions, Run, _without_options, agreement, chain_length, main,
-                        multi_positive_nce, partial_caption, seeded_random)
+from codi.train import (ALIGN_TRAINS, DEPENDS, STAGES, STEPS, Conditions, Run, _without_options, agreement,
+                        centred_nce, chain_length, main, multi_positive_nce, partial_caption, seeded_random)
 
 
 def test_partial_captions_and_agreement() -> None:
@@ -34,6 +34,19 @@ def test_multi_positive_nce_prefers_aligned_embeddings() -> None:
     aligned = multi_positive_nce(e, e, eye)
     shuffled = multi_positive_nce(e, e.roll(1, 0), eye)
     assert aligned < shuffled
+
+
+def test_centred_nce_ignores_what_every_row_shares() -> None:
+    """Environment vectors are mostly a part every clip shares; the pairing lies in the rest."""
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 16), torch.randn(8, 16)
+    shared = 50 * torch.randn(16)
+    eye = torch.eye(8)
+    torch.testing.assert_close(centred_nce(a + shared, b - shared, eye), centred_nce(a, b, eye))
+    unit = torch.nn.functional.normalize
+    swamped = multi_positive_nce(unit(a + shared, dim=1), unit(a + shared, dim=1), eye, 0.1)
+    assert swamped > 0.9 * torch.log(torch.tensor(8.0))  # uncentred: the shared part hides even a perfect pairing
+    assert centred_nce(a + shared, a + shared, eye) < 0.5 * swamped
 
 
 def test_release_initialisation_makes_joint_generation_start_equal_to_independent() -> None:
@@ -115,6 +128,30 @@ def test_finished_stages_are_skipped_and_a_stage_resumes(trained) -> None:
     ckpt = torch.load(out / "diffusion_text.ckpt", weights_only=True)
     assert ckpt["step"] == round(STEPS["diffusion_text"] * 0.001)  # --steps-scale 0.001, checkpointed every step
     assert main(args[:-1] + ["--stage", "diffusion_text", "--no-progress"]) == 0  # resumes at its last step
+
+
+def test_alignment_trains_the_papers_side_and_one_part_at_a_time(trained) -> None:
+    """Text-image trains both; text-audio the audio side; audio-video the video side (the image UNet's alignment).
+
+    Within a stage the environment encoders train first (``<stage>_env``), then the connectors with them frozen.
+    """
+    out, _ = trained
+    states = {stage: torch.load(out / f"{stage}.ckpt", weights_only=True)["model"]
+              for stage in ("align_text_image_env", "align_text_image", "align_text_audio_env", "align_text_audio",
+                            "align_audio_video_env", "align_audio_video")}
+    unet_of = {"text": "text", "image": "image", "audio": "audio", "video": "image"}
+
+    def changed(before: str, after: str) -> set[tuple[str, str]]:
+        """``{(unet, part)}`` whose alignment tensors differ between two checkpoints."""
+        return {(name.split(".")[1], "env_encoder" if "env_encoder" in name else "connectors")
+                for name, value in states[after].items()
+                if ("env_encoder" in name or "connectors" in name) and not torch.equal(value, states[before][name])}
+
+    order = list(states)
+    for previous, stage in zip(order, order[1:]):
+        pair = tuple(stage.removeprefix("align_").removesuffix("_env").split("_"))
+        part = "env_encoder" if stage.endswith("_env") else "connectors"
+        assert changed(previous, stage) == {(unet_of[m], part) for m in ALIGN_TRAINS[pair]}, stage
 
 
 def test_conditions_draw_each_kind_at_its_share(trained) -> None:
@@ -225,6 +262,9 @@ def test_nano_eval_scores_every_task_on_an_export(trained) -> None:
     agreement = report["sim"]["video_audio_agreement"]
     assert set(agreement) == {"joint", "independent"} and set(agreement["joint"]) == {"motion", "size"}
     assert all(0 <= v["mean"] <= 1 for mode in agreement.values() for v in mode.values())
+    named_right = report["sim"]["named_right"]
+    assert set(named_right) == {"joint", "independent"} and set(named_right["joint"]) == {"video", "audio"}
+    assert all(0 <= v["mean"] <= 1 for mode in named_right.values() for v in mode.values())
 
 
 def test_nano_eval_prompt_sets_tasks_and_guidance_choice(trained) -> None:
