@@ -49,16 +49,14 @@ with the longest chain of stages behind it starts first (:func:`chain_length`).
 Every UNet built here gets :func:`codi.unets.unet.release_initialisation_`
 (the release's zero-initialised residual branches) before its first step.
 The last timed run of ``python -m codi.train --preset nano --stage all
---threads 2 --jobs 2`` from an empty folder (commit a3f67fa: these
-``STEPS`` but the alignment's) took 52 min 46 s on 2 cores, 2.4 GB peak memory. Its critical
-path was data, ``clip`` (20.0 min on one thread: clip_video alone is about
+--threads 2 --jobs 2`` from an empty folder (commit 6f31a68, these
+``STEPS``) took 54 min 4 s on 2 cores, 2.4 GB peak memory. Its critical
+path was data, ``clip`` (19.5 min on one thread: clip_video alone is about
 1 s a step), ``clap`` (4.6), ``latents`` (1.2), the image then video UNet
-(13.3 + 9.6, beside text 2.9 then audio 15.6) and the alignment chain
-(3.3); the autoencoders run beside ``clip`` (5.2 + 12.5 + 3.7 min). The
-alignment chain has since become two-step (contrastive environment
-encoders, then connectors) and takes 6.3 min (0.6 + 0.7 + 5.0, measured
-stage by stage on that run's UNets), so the whole run is about 56 min;
-not re-timed end to end.
+(12.8 + 9.0, beside text 2.8 then audio 15.0) and the alignment chain
+(0.5 + 0.7 + 5.1); the autoencoders run beside ``clip`` (5.2 + 12.2 + 3.6
+min). The run before it (a3f67fa, the single-step alignment) took 52 min
+46 s.
 Earlier timed runs with 4800 image-UNet steps took 48 min 47 s and 47 min
 5 s here and 58 min 17 s on another machine: the margin under an hour
 depends on the machine (README, "CoDi-nano").
