@@ -641,9 +641,12 @@ def _environment_loss(model, latents: dict, attributes: list[dict], pair: tuple[
     return centred_nce(env[pair[0]][:, 0], env[pair[1]][:, 0], agreement(events, events, [shown] * batch))
 
 
-def _open_conditions(latents: dict, attributes: list[dict], idx: list[int], rng: random.Random) -> torch.Tensor:
-    """``[B, 1, D]`` captions naming at most colour and shape (10 % unconditional): size and motion are left open."""
-    index = {t: k for k, t in enumerate(latents["texts"])}
+def _open_conditions(latents: dict, index: dict[str, int], attributes: list[dict], idx: list[int],
+                     rng: random.Random) -> torch.Tensor:
+    """``[B, 1, D]`` captions naming at most colour and shape (10 % unconditional): size and motion are left open.
+
+    ``index`` maps a caption to its row of ``latents["text_table"]``.
+    """
     rows = []
     for i in idx:
         if rng.random() < 0.1:
@@ -689,6 +692,7 @@ def stage_align(run: Run, pair: tuple[str, str]) -> None:
             lambda rng: _environment_loss(model, latents, attributes, pair, rng, ac, prediction), lr=1e-3)
 
     params = _trainable(model, trains, "connectors")
+    text_index = {text: k for k, text in enumerate(latents["texts"])}
     batch = 12 if "video" in pair else 24
 
     def loss(rng):
@@ -699,7 +703,7 @@ def stage_align(run: Run, pair: tuple[str, str]) -> None:
             noisy[m], target[m] = _noised(_diffusion_latent(latents, m, torch.tensor(idx)), t, ac, prediction)
         with torch.no_grad():
             env = model.environments(noisy, t)  # frozen here
-        context = _open_conditions(latents, attributes, idx, rng)
+        context = _open_conditions(latents, text_index, attributes, idx, rng)
         out = {m: model.unet(m)(noisy[m], t, context, model.env_tokens(env, m)) for m in trains}
         return sum(F.mse_loss(out[m], target[m]) for m in trains) / len(trains)
 
